@@ -1,0 +1,59 @@
+"""Attribute classifier on the embedded synthetic faces: a width-0.25 VGG-Face at 64 px (CPU-sized).
+
+    jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/tiny
+    jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/t --config.num_train_steps=20
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.task = "attributes"
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "synthfaces"
+    config.data.schema = "synthfaces"
+    config.data.image_size = 64
+    config.data.seed = 0
+    config.data.num_train = 20000
+    config.data.num_val = 1000
+    config.data.num_test = 2000
+    config.data.worker_count = 0  # 2-core default: decoding/rendering in the main process
+    config.data.strict = False
+    config.data.root = placeholder(str)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "vggface"
+    config.model.width = 0.25
+    config.model.input_size = 64
+    config.model.dropout = 0.5
+    config.model.preprocess = "vggface"
+    config.model.init_from = ""  # a converted VGG-Face weight directory (jaxface convert-weights)
+    config.freeze_below = ""  # e.g. "fc6" or "conv5_1": layers below it are not trained
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.schedule = "cosine"  # or "constant"
+    config.optimizer.warmup_steps = 100
+    config.optimizer.grad_clip_norm = 1.0
+    # Learning-rate multipliers by layer name prefix, e.g. {"heads": 10.0, "fc": 1.0, "conv": 0.1}.
+    config.optimizer.lr_multipliers = ml_collections.ConfigDict()
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.model = 1
+    config.shard_large_params = False  # shard fc6/fc7 kernels over the 'model' axis
+
+    config.batch_size = 64
+    config.eval_batch_size = 128
+    config.num_train_steps = 1200
+    config.eval_every_steps = 400
+    config.checkpoint_every_steps = 200
+    config.keep_checkpoints = 3
+    config.log_every_steps = 50
+    return config

@@ -1,0 +1,5 @@
+import sys
+
+from jaxface.cli import run
+
+sys.exit(run())

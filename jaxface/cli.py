@@ -1,0 +1,239 @@
+"""The `jaxface` command: `jaxface <command> --config=configs/....py --workdir=DIR [--config.key=value]`.
+
+One small function per command; each resolves its config, writes it to WORKDIR/config.json, writes its
+outputs under WORKDIR and prints their paths. User mistakes end in one `error: ...` line (exit 2).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class UsageError(ValueError):
+    """A command line that cannot run."""
+
+
+# ------------------------------------------------------------------------------------------- flags
+def _define_common(config_required: bool, workdir_required: bool = True):
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file (a Python file with get_config()); override with --config.key=value."
+        + ("" if config_required else " Defaults to WORKDIR/config.json's source config."),
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Directory for everything the command writes.",
+                        required=workdir_required)
+
+
+def _config(required: bool = True):
+    """The resolved config: --config, else the config a previous command saved in the workdir."""
+    cfg = FLAGS.config
+    if cfg is None and FLAGS.workdir and (pathlib.Path(FLAGS.workdir) / "config.json").exists():
+        import json
+
+        import ml_collections
+
+        with open(pathlib.Path(FLAGS.workdir) / "config.json") as f:
+            cfg = ml_collections.ConfigDict(json.load(f))
+    if cfg is None and required:
+        raise UsageError(
+            "--config is required (for example --config=configs/attributes/synthfaces_tiny.py), "
+            "or a --workdir that holds a config.json from an earlier command"
+        )
+    return cfg
+
+
+def _save_config(config, workdir) -> pathlib.Path:
+    from jaxface import files
+
+    return files.write_text(pathlib.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
+
+
+def _print_outputs(paths):
+    for p in paths:
+        print(f"wrote {p}")
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_data(argv):
+    """Summarise a dataset (sizes, attribute rates) and write preview grids."""
+    from jaxface.data import pipeline, report
+
+    config = _config()
+    workdir = pathlib.Path(FLAGS.workdir)
+    cfg_path = _save_config(config, workdir)
+    if config.data.source in pipeline.DETECTION_SOURCES:
+        augment = None
+        if FLAGS.augment:
+            from jaxface.data import augment as augment_lib
+
+            augment = augment_lib.Augmenter(config.data.get("augment") or augment_lib.default_augment_config())
+        result = report.detection_report(config, workdir, augment=augment)
+    else:
+        result = report.attribute_report(config, workdir)
+    print(result["text"])
+    _print_outputs([cfg_path] + list(result["outputs"]))
+
+
+def cmd_train(argv):
+    """Train the model of a config (attributes or deepfake task); resumes from WORKDIR's checkpoints."""
+    from jaxface.train import trainer
+
+    config = _config()
+    workdir = pathlib.Path(FLAGS.workdir)
+    cfg_path = _save_config(config, workdir)
+    result = trainer.train(config, workdir)
+    _print_outputs([cfg_path] + result["outputs"])
+
+
+def cmd_evaluate(argv):
+    """Evaluate the latest checkpoint in WORKDIR on the test split; writes WORKDIR/eval/."""
+    from jaxface.train import trainer
+
+    config = _config()
+    workdir = pathlib.Path(FLAGS.workdir)
+    result = trainer.evaluate_command(config, workdir, split=FLAGS.split)
+    print(result["text"])
+    _print_outputs(result["outputs"])
+
+
+def cmd_convert_weights(argv):
+    """Convert published weights (VGG-Face .mat/.pth, torchvision/timm) into a jaxface weight directory."""
+    if len(argv) != 3:
+        raise UsageError("usage: jaxface convert-weights --format=FMT SRC DST")
+    src, dst = argv[1], argv[2]
+    fmt = FLAGS.format
+    if fmt in ("vggface-mat", "vggface-pth", "vggface"):
+        from jaxface.models import convert_vggface
+
+        summary = convert_vggface.convert_weights_command(
+            {"vggface-mat": "mat", "vggface-pth": "pth", "vggface": "auto"}[fmt], src, dst,
+            overwrite=FLAGS.overwrite)
+    elif fmt in ("torchvision", "timm"):
+        from jaxface.models import convert_torch
+
+        if not FLAGS.arch:
+            raise UsageError("--format=torchvision/timm needs --arch (e.g. mobilenetv3_large)")
+        summary = convert_torch.convert_weights_command(src, dst, arch=FLAGS.arch, layout=fmt,
+                                                        overwrite=FLAGS.overwrite)
+    else:
+        raise UsageError(
+            f"unknown --format={fmt!r}; valid: vggface-mat, vggface-pth, vggface (auto), torchvision, timm"
+        )
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+    print(f"wrote {dst}")
+
+
+def cmd_demo(argv):
+    """The main job on the embedded synthetic faces: data preview, training, evaluation."""
+    from jaxface import demo
+
+    demo.run(pathlib.Path(FLAGS.workdir), quick=FLAGS.quick)
+
+
+def _flags_data():
+    _define_common(config_required=True)
+    flags.DEFINE_boolean("augment", False, "Also write a grid of augmented samples (detection data).")
+
+
+def _flags_train():
+    _define_common(config_required=True)
+
+
+def _flags_evaluate():
+    _define_common(config_required=False)
+    flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
+
+
+def _flags_convert():
+    flags.DEFINE_string("format", None, "vggface-mat | vggface-pth | vggface | torchvision | timm",
+                        required=True)
+    flags.DEFINE_string("arch", None, "Backbone name for torchvision/timm weights.")
+    flags.DEFINE_boolean("overwrite", False, "Replace DST if it exists.")
+
+
+def _flags_demo():
+    flags.DEFINE_string("workdir", "runs/demo", "Directory for the demo outputs.")
+    flags.DEFINE_boolean("quick", False, "A much shorter run (smoke test).")
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "data": (cmd_data.__doc__, _flags_data, cmd_data),
+    "train": (cmd_train.__doc__, _flags_train, cmd_train),
+    "evaluate": (cmd_evaluate.__doc__, _flags_evaluate, cmd_evaluate),
+    "convert-weights": (cmd_convert_weights.__doc__, _flags_convert, cmd_convert_weights),
+    "demo": (cmd_demo.__doc__, _flags_demo, cmd_demo),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: jaxface <command> [--config=FILE] [--workdir=DIR] [--config.key=value ...]", "",
+             "commands:"]
+    lines += [f"  {name:16s} {doc.splitlines()[0]}" for name, (doc, _, _) in COMMANDS.items()]
+    lines += ["", "`jaxface <command> --helpfull` lists every flag of a command."]
+    return "\n".join(lines)
+
+
+def _resolve_config_path(args: list[str]) -> list[str]:
+    """Lets `--config=configs/...` work from any directory by falling back to the repository's."""
+    out = []
+    for a in args:
+        if a.startswith("--config=") and not a.startswith("--config."):
+            path = a.split("=", 1)[1]
+            base = path.split(":", 1)[0]
+            if base and not os.path.exists(base) and (REPO_ROOT / base).exists():
+                a = "--config=" + str(REPO_ROOT / path)
+            elif base and not os.path.exists(base) and not (REPO_ROOT / base).exists():
+                raise UsageError(f"config file {base!r} not found (configs live in {REPO_ROOT / 'configs'})")
+        out.append(a)
+    return out
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, (UsageError, FileNotFoundError, FileExistsError)):
+        return True
+    return isinstance(err, (ValueError, KeyError, TypeError)) and type(err).__module__.startswith("jaxface")
+
+
+def run(argv: list[str] | None = None):
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help", "--helpfull"):
+        print(_usage())
+        return 0
+    name = argv[1]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    doc, define_flags, fn = COMMANDS[name]
+    define_flags()
+    try:
+        args = _resolve_config_path(argv[2:])
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def main(rest):
+        logging.set_verbosity(logging.WARNING)
+        try:
+            fn(rest)
+        except Exception as err:  # noqa: BLE001 - user mistakes become one line; bugs keep their trace
+            if _is_user_error(err):
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            raise
+
+    app.run(main, argv=[f"jaxface {name}"] + args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

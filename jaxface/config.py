@@ -1,0 +1,36 @@
+"""Loading config files outside absl flag parsing (the demo, tests, benchmarks)."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Any
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config_path(path: str | pathlib.Path) -> pathlib.Path:
+    """A config file path as given, or relative to the repository's root."""
+    p = pathlib.Path(path)
+    if p.exists():
+        return p
+    if (REPO_ROOT / p).exists():
+        return REPO_ROOT / p
+    raise FileNotFoundError(f"config file {str(path)!r} not found (configs live in {REPO_ROOT / 'configs'})")
+
+
+def load_config(path: str | pathlib.Path, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """get_config() of a config file, with dotted-key overrides such as {'data.num_train': 100}."""
+    p = config_path(path)
+    spec = importlib.util.spec_from_file_location(f"jaxface_config_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in (overrides or {}).items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config

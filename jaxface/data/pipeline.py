@@ -1,0 +1,314 @@
+"""The one input pipeline: source -> grain (shuffle, decode, resize, augment, batch) -> sharded jax.Arrays.
+
+Records flow through grain as dicts of numpy values. Images stay uint8 on the host (a quarter of the
+bytes to move) and become float32 NHWC in [0, 1] on the devices. Each process reads its own shard of
+every epoch; the iterator state (a small JSON blob) is checkpointed with the model, so a resumed run sees
+exactly the batches the interrupted one would have seen next.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxface import parallel
+from jaxface.data.schema import Schema, get_schema
+
+SPLITS = ("train", "val", "test")
+ATTRIBUTE_SOURCES = ("synthfaces", "celeba", "celeba_tfds", "pubfig")
+DETECTION_SOURCES = ("synthfakes", "realfake", "manifest")
+SOURCES = ATTRIBUTE_SOURCES + DETECTION_SOURCES
+# Record fields that become batch arrays; strings (paths) stay on the host.
+_ARRAY_FIELDS = (
+    "image", "attributes", "attribute_mask", "label", "generator_id", "index", "landmarks",
+)
+
+
+class DataConfigError(ValueError):
+    """A data section of a config that cannot describe a dataset."""
+
+
+def _opt(cfg, key, default=None):
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def _require(cfg, key: str, source: str) -> str:
+    value = _opt(cfg, key)
+    if value in (None, ""):
+        raise DataConfigError(f"data.source={source!r} needs --config.data.{key}=PATH")
+    return value
+
+
+def _split_seed(base: int, split: str) -> int:
+    return int(base) * 4 + SPLITS.index(split)
+
+
+def build_source(data_cfg, split: str):
+    """A random-access source for one split, from a config's data section."""
+    if split not in SPLITS + ("all",):
+        raise DataConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    kind = _opt(data_cfg, "source", "synthfaces")
+    seed = int(_opt(data_cfg, "seed", 0))
+    fractions = tuple(_opt(data_cfg, "split_fractions", (0.8, 0.1, 0.1)))
+    if kind == "synthfaces":
+        from jaxface.data.synthfaces import SynthFaces
+
+        rates = _opt(data_cfg, "attribute_rates", None)
+        rates = rates.to_dict() if hasattr(rates, "to_dict") else rates
+        return SynthFaces(
+            int(_opt(data_cfg, f"num_{split}", 1000)),
+            resolution=int(_opt(data_cfg, "render_size", _opt(data_cfg, "image_size", 64))),
+            seed=_split_seed(seed, split),
+            attribute_rates=rates or None,
+        )
+    if kind == "synthfakes":
+        from jaxface.data.synthfakes import SynthRealFake
+
+        generators = tuple(_opt(data_cfg, "generators", ("upsample", "faceswap")))
+        return SynthRealFake(
+            int(_opt(data_cfg, f"num_{split}", 1000)),
+            resolution=int(_opt(data_cfg, "render_size", _opt(data_cfg, "image_size", 64))),
+            seed=_split_seed(seed, split),
+            generators=generators,
+            exclude_generators=tuple(_opt(data_cfg, f"exclude_generators_{split}", ())),
+        )
+    from jaxface.data import sources
+
+    schema = _opt(data_cfg, "schema", None)
+    schema = schema.to_dict() if hasattr(schema, "to_dict") else schema
+    if kind == "celeba":
+        return sources.CelebAFolder(
+            _require(data_cfg, "root", kind), split=split, schema=schema or "celeba40",
+            split_fractions=fractions, seed=seed,
+        )
+    if kind == "celeba_tfds":
+        return sources.TFDSCelebA(
+            {"val": "validation"}.get(split, split), data_dir=_opt(data_cfg, "tfds_data_dir"),
+            schema=schema or "celeba40",
+        )
+    if kind == "pubfig":
+        return sources.PubFigAttributes(
+            _require(data_cfg, "attributes_file", kind), _require(data_cfg, "root", kind),
+            schema=schema or "pubfig73",
+            path_pattern=_opt(data_cfg, "path_pattern", "{person_}/{person_}_{imagenum:04d}.jpg"),
+            bbox_file=_opt(data_cfg, "bbox_file"),
+        )
+    if kind == "realfake":
+        return sources.RealFakeFolder(
+            _require(data_cfg, "root", kind), split=split, split_fractions=fractions, seed=seed,
+        )
+    if kind == "manifest":
+        return sources.ManifestSource(
+            _require(data_cfg, "manifest", kind), split=split, split_fractions=fractions, seed=seed,
+        )
+    raise DataConfigError(f"unknown data.source {kind!r}; valid sources: {', '.join(SOURCES)}")
+
+
+def schema_for(data_cfg) -> Schema:
+    """The attribute schema that the data section's labels follow."""
+    schema = _opt(data_cfg, "schema", None)
+    if schema is None:
+        schema = {"synthfaces": "synthfaces", "pubfig": "pubfig73"}.get(
+            _opt(data_cfg, "source", "synthfaces"), "celeba40"
+        )
+    return get_schema(schema)
+
+
+# --------------------------------------------------------------------------------------------- ops
+class DecodeAndResize(grain.transforms.Map):
+    """Decodes a path (or takes a rendered image), crops, resizes, and keeps the batchable fields.
+
+    A file that fails to decode becomes a record marked bad, dropped by the next op; the first few
+    paths and a running count are logged, so a long run never dies on one bad file (unless strict).
+    """
+
+    def __init__(self, image_size: int, strict: bool = False, max_logged: int = 5):
+        self.image_size = int(image_size)
+        self.strict = strict
+        self.max_logged = max_logged
+        self.num_bad = 0
+
+    def map(self, record: dict) -> dict:
+        from jaxface.data import imageio
+
+        try:
+            if "image" in record:
+                image = np.asarray(record["image"], np.uint8)
+                crop = None
+            else:
+                image = imageio.decode_image(record["path"])
+                crop = record.get("crop_box")
+                if crop is not None and not np.all(np.isfinite(crop)):
+                    crop = None
+        except imageio.ImageDecodeError as err:
+            if self.strict:
+                raise
+            self.num_bad += 1
+            if self.num_bad <= self.max_logged or self.num_bad % 1000 == 0:
+                logging.warning("skipping unreadable image (%d so far): %s", self.num_bad, err)
+            return {"_bad": True}
+        h, w = image.shape[:2]
+        out = {k: np.asarray(record[k]) for k in _ARRAY_FIELDS if k in record and k != "image"}
+        if image.shape[:2] != (self.image_size, self.image_size) or crop is not None:
+            image, out_landmarks = _crop_resize(image, self.image_size, crop, record.get("landmarks"))
+            if "landmarks" in out:
+                out["landmarks"] = out_landmarks
+        out["image"] = image
+        out["_bad"] = False
+        return out
+
+
+def _crop_resize(image, size, crop, landmarks):
+    from jaxface.data import imageio
+
+    h, w = image.shape[:2]
+    if crop is None:  # the centre square, as imageio.center_crop_resize takes it
+        side = min(h, w)
+        crop = np.array([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2], np.float32)
+    resized = imageio.center_crop_resize(image, size, crop_box=crop)
+    if landmarks is None:
+        return resized, None
+    x0, y0, x1, y1 = [float(v) for v in crop]
+    lm = np.asarray(landmarks, np.float32).copy()
+    lm[:, 0] = (lm[:, 0] - x0) * size / max(x1 - x0, 1e-6)
+    lm[:, 1] = (lm[:, 1] - y0) * size / max(y1 - y0, 1e-6)
+    return resized, lm
+
+
+class DropBad(grain.transforms.Filter):
+    def filter(self, record: dict) -> bool:
+        return not record.get("_bad", False)
+
+
+class StripFlags(grain.transforms.Map):
+    def map(self, record: dict) -> dict:
+        record.pop("_bad", None)
+        return record
+
+
+# ---------------------------------------------------------------------------------------- loaders
+@dataclasses.dataclass
+class LoaderSpec:
+    batch_size: int  # global
+    image_size: int
+    seed: int = 0
+    train: bool = True
+    worker_count: int = 0
+    strict: bool = False
+    augment: Any = None  # a grain transform applied after resizing (training only)
+
+
+def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
+    """A grain DataLoader that yields this process's share of each global batch."""
+    if len(source) == 0:
+        raise DataConfigError("the dataset is empty: no records to read")
+    per_process = spec.batch_size // jax.process_count()
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=spec.train)
+    sampler = grain.samplers.IndexSampler(
+        len(source), shard_options=shard, shuffle=spec.train,
+        num_epochs=None if spec.train else 1, seed=spec.seed,
+    )
+    ops: list = [DecodeAndResize(spec.image_size, spec.strict), DropBad(), StripFlags()]
+    if spec.train and spec.augment is not None:
+        ops.append(spec.augment)
+    ops.append(grain.transforms.Batch(per_process, drop_remainder=spec.train))
+    return grain.DataLoader(
+        data_source=source, sampler=sampler, operations=ops, worker_count=spec.worker_count,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=())
+def _images_to_float(images):
+    return images.astype(jnp.float32) / 255.0
+
+
+class ShardedBatches:
+    """Iterates global, mesh-sharded batches: images float32 in [0, 1], plus a `valid` mask.
+
+    Evaluation batches are padded to the full batch size (with `valid` False on the padding) so every
+    step has one static shape that splits over the devices.
+    """
+
+    def __init__(self, loader: grain.DataLoader, mesh, batch_size: int):
+        self.loader = loader
+        self.mesh = mesh
+        self.per_process = parallel.check_batch_size(batch_size, mesh)
+        self._iter = iter(loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        host = next(self._iter)
+        return self.to_global(host)
+
+    def to_global(self, host: dict) -> dict:
+        n = len(host["image"])
+        host = {k: np.asarray(v) for k, v in host.items()}
+        host["valid"] = np.ones(n, bool)
+        if n < self.per_process:
+            pad = self.per_process - n
+            host = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in host.items()}
+        batch = parallel.host_to_global(host, self.mesh)
+        batch["image"] = _images_to_float(batch["image"])
+        return batch
+
+    def get_state(self) -> bytes:
+        return self._iter.get_state()
+
+    def set_state(self, state: bytes) -> None:
+        self._iter.set_state(state)
+
+
+def loader_spec_from_config(config, split: str) -> LoaderSpec:
+    data = config.data
+    train = split == "train"
+    batch = int(_opt(config, "eval_batch_size", config.batch_size)) if not train else int(config.batch_size)
+    return LoaderSpec(
+        batch_size=batch,
+        image_size=int(data.image_size),
+        seed=int(config.seed),
+        train=train,
+        worker_count=int(_opt(data, "worker_count", 0)),
+        strict=bool(_opt(data, "strict", False)),
+    )
+
+
+def batches(config, split: str, mesh, *, source=None, augment=None) -> ShardedBatches:
+    """Sharded batches of one split of the config's dataset (train: infinite and shuffled)."""
+    source = build_source(config.data, split) if source is None else source
+    if len(source) == 0:
+        raise DataConfigError(
+            f"the {split} split of data.source={_opt(config.data, 'source', 'synthfaces')!r} is empty"
+        )
+    spec = loader_spec_from_config(config, split)
+    spec.augment = augment
+    return ShardedBatches(make_loader(source, spec), mesh, spec.batch_size)
+
+
+def attribute_table(source) -> tuple[np.ndarray, np.ndarray]:
+    """All labels of an attribute source, (N, K) attributes and mask, without decoding images."""
+    if hasattr(source, "sample_attributes"):
+        attrs = np.asarray(source.sample_attributes(np.arange(len(source))), np.float32)
+        return attrs, np.ones_like(attrs, bool)
+    if hasattr(source, "attribute_table"):
+        return source.attribute_table()
+    rows = [source[i] for i in range(len(source))]
+    return (
+        np.stack([r["attributes"] for r in rows]).astype(np.float32),
+        np.stack([r["attribute_mask"] for r in rows]).astype(bool),
+    )
+
+
+def positive_rates(attributes: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-attribute fraction positive among labelled images, and the fraction labelled."""
+    labelled = mask.sum(0)
+    rates = np.where(labelled > 0, (attributes * mask).sum(0) / np.maximum(labelled, 1), np.nan)
+    return rates, labelled / max(len(mask), 1)

@@ -1,0 +1,329 @@
+"""Building blocks shared by the deepfake-detector backbones (Flax NNX, NHWC).
+
+Everything here follows PyTorch's numerics where a converted torchvision/timm checkpoint depends on
+them: convolutions pad symmetrically by an explicit amount (flax's 'SAME' pads stride-2 layers
+asymmetrically, which shifts every feature map by half a pixel against the reference), batch norm uses
+the reference epsilon, GELU is the exact (erf) form, and adaptive average pooling uses PyTorch's bins.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneConfigError(ValueError):
+    """An invalid backbone option (width, depth, stage spec, activation name, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activations, looked up by name so that block tables can stay plain data.
+
+def hard_swish(x):
+    return x * jax.nn.relu6(x + 3.0) / 6.0
+
+
+def hard_sigmoid(x):
+    return jax.nn.relu6(x + 3.0) / 6.0
+
+
+def gelu_exact(x):
+    # PyTorch's nn.GELU default is the erf form; jax.nn.gelu defaults to the tanh approximation.
+    return jax.nn.gelu(x, approximate=False)
+
+
+def identity(x):
+    return x
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "hard_swish": hard_swish,
+    "hard_sigmoid": hard_sigmoid,
+    "silu": jax.nn.silu,
+    "sigmoid": jax.nn.sigmoid,
+    "gelu": gelu_exact,
+    "identity": identity,
+}
+
+
+def get_activation(name: str) -> Callable:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise BackboneConfigError(
+            f"unknown activation {name!r}; valid activations are: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Size helpers.
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Channel rounding of the TF/torchvision MobileNet and EfficientNet code (never below 90%)."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return int(rounded)
+
+
+def scale_depth(num_layers: int, depth: float) -> int:
+    """ceil(num_layers * depth), at least one layer (the EfficientNet rule)."""
+    return max(1, int(math.ceil(num_layers * depth)))
+
+
+def check_multiplier(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise BackboneConfigError(f"{name} must be a positive number (1.0 is the published size), got {value!r}")
+    return float(value)
+
+
+def check_rate(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise BackboneConfigError(f"{name} must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_num_outputs(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BackboneConfigError(f"num_outputs must be a positive integer (1 = one real/fake logit), got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Initialisers matching the reference implementations (they matter when training from scratch).
+
+def kaiming_fan_out():
+    """torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu') for conv kernels."""
+    return nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def trunc_normal(std: float = 0.02):
+    return nnx.initializers.truncated_normal(stddev=std, lower=-2.0 / std, upper=2.0 / std)
+
+
+def torch_linear_uniform(fan_in: int):
+    """PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(max(1, fan_in))
+    return _uniform(-bound, bound)
+
+
+def _uniform(low: float, high: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, low, high)
+
+    return init
+
+
+def uniform_init(bound: float):
+    return _uniform(-bound, bound)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers.
+
+def torch_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    pad = (kernel_size - 1) // 2 * dilation
+    return ((pad, pad), (pad, pad))
+
+
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    use_bias: bool = False,
+    padding=None,
+    kernel_init=None,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """A PyTorch-style Conv2d: symmetric padding (k-1)//2 unless given, HWIO kernel."""
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=torch_padding(kernel_size) if padding is None else padding,
+        feature_group_count=groups,
+        use_bias=use_bias,
+        kernel_init=kernel_init or kaiming_fan_out(),
+        rngs=rngs,
+    )
+
+
+class ConvBN(nnx.Module):
+    """Conv (no bias) -> BatchNorm -> activation: torchvision's Conv2dNormActivation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str = "relu",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.9,
+        kernel_init=None,
+        rngs: nnx.Rngs,
+    ):
+        self.activation = activation
+        self._act = get_activation(activation)
+        self.conv = conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, groups=groups, kernel_init=kernel_init, rngs=rngs
+        )
+        self.bn = nnx.BatchNorm(out_channels, epsilon=bn_eps, momentum=bn_momentum, rngs=rngs)
+
+    def __call__(self, x, *, train: bool = False):
+        return self._act(self.bn(self.conv(x), use_running_average=not train))
+
+
+class SqueezeExcite(nnx.Module):
+    """Channel attention: global mean -> fc1 -> activation -> fc2 -> gate -> rescale.
+
+    fc1/fc2 are 1x1 convolutions in the references; on the pooled vector they are dense layers.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        squeeze_channels: int,
+        *,
+        activation: str = "relu",
+        gate: str = "hard_sigmoid",
+        rngs: nnx.Rngs,
+    ):
+        self.activation = activation
+        self.gate = gate
+        self._act = get_activation(activation)
+        self._gate = get_activation(gate)
+        # torchvision initialises these 1x1 convs like every other conv (kaiming, fan_out).
+        init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+        self.fc1 = nnx.Linear(channels, squeeze_channels, kernel_init=init, rngs=rngs)
+        self.fc2 = nnx.Linear(squeeze_channels, channels, kernel_init=init, rngs=rngs)
+
+    def __call__(self, x):
+        scale = jnp.mean(x, axis=(1, 2))
+        scale = self._gate(self.fc2(self._act(self.fc1(scale))))
+        return x * scale[:, None, None, :]
+
+
+def stochastic_depth(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+    """Per-sample residual-branch drop ('row' mode in torchvision), scaled by 1/(1-rate) in training."""
+    if rate <= 0.0:
+        return None
+    return nnx.Dropout(rate, broadcast_dims=(1, 2, 3), rngs=rngs)
+
+
+def apply_drop(drop: nnx.Dropout | None, x, train: bool):
+    return x if drop is None else drop(x, deterministic=not train)
+
+
+def max_pool(x, window: int, stride: int, padding: int = 0):
+    """PyTorch MaxPool2d: pads with -inf, so padding never wins the max."""
+    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+
+
+@functools.lru_cache(maxsize=64)
+def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    # PyTorch bins: [floor(i*in/out), ceil((i+1)*in/out)); overlapping when in < out (then it replicates).
+    matrix = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool(x, output_size: int):
+    """PyTorch AdaptiveAvgPool2d((s, s)) on NHWC input, as two small constant matrix products."""
+    rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], output_size))
+    cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], output_size))
+    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols)
+
+
+def global_avg_pool(x):
+    return jnp.mean(x, axis=(1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputNormalization:
+    """Maps the library's [0, 1] RGB input to the backbone's expected range (ImageNet mean/std by default).
+
+    A frozen dataclass so that it is a hashable static attribute of the NNX module (jit caches agree
+    across equal models).
+    """
+
+    mean: tuple[float, float, float] | None = IMAGENET_MEAN
+    std: tuple[float, float, float] | None = IMAGENET_STD
+
+    @classmethod
+    def create(cls, mean: Sequence[float] | None, std: Sequence[float] | None) -> "InputNormalization":
+        if (mean is None) != (std is None):
+            raise BackboneConfigError("input_mean and input_std must both be given or both be None")
+        if mean is None:
+            return cls(None, None)
+        mean = tuple(float(m) for m in mean)
+        std = tuple(float(s) for s in std)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise BackboneConfigError(
+                f"input_mean/input_std must be 3 numbers each, with std > 0; got {mean!r} / {std!r}"
+            )
+        return cls(mean, std)
+
+    def __call__(self, x):
+        if self.mean is None:
+            return x
+        return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+
+
+class Detector(nnx.Module):
+    """Common interface: `model(x, *, train=False)` -> logits (B, num_outputs); `features` -> (B, D).
+
+    Subclasses set `self.feature_dim`, `self.num_outputs`, `self.head_dropout` (nnx.Dropout) and
+    `self.head` (nnx.Linear) and implement `features`.
+    """
+
+    feature_dim: int
+    num_outputs: int
+
+    def _normalize_input(self, x):
+        x = jnp.asarray(x)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise BackboneConfigError(
+                f"{type(self).__name__} expects a float NHWC RGB batch (B, H, W, 3) in [0, 1], got shape {x.shape}"
+            )
+        return self.input_norm(x.astype(jnp.float32))
+
+    def features(self, x, *, train: bool = False):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x, *, train: bool = False):
+        pooled = self.features(x, train=train)
+        return self.head(self.head_dropout(pooled, deterministic=not train))
+
+
+def make_head(feature_dim: int, num_outputs: int, dropout: float, kernel_init, rngs: nnx.Rngs):
+    """Dropout + the fresh real/fake (or class) layer."""
+    return nnx.Dropout(dropout, rngs=rngs), nnx.Linear(feature_dim, num_outputs, kernel_init=kernel_init, rngs=rngs)
+
+
+def count_params(model_or_state) -> int:
+    """Number of trainable parameters (nnx.Param leaves); works on abstract (eval_shape) models too."""
+    state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
+    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(state)))

@@ -1,0 +1,95 @@
+"""Meshes, shardings, multi-host initialisation and host-local -> global arrays.
+
+Nothing here runs at import time: a process decides its topology when a command starts, so the same code
+serves one laptop core, 8 simulated CPU devices in tests, and a TPU pod slice.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+def maybe_initialize_distributed(config: Any = None) -> None:
+    """Calls jax.distributed.initialize() when a multi-process launch asks for it, once.
+
+    A launch asks through config.distributed.enabled, or the environment that TPU VMs and our local
+    launcher set (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES). On a single process it does nothing.
+    """
+    dist = getattr(config, "distributed", None) if config is not None else None
+    enabled = bool(getattr(dist, "enabled", False)) or "JAX_COORDINATOR_ADDRESS" in os.environ
+    if not enabled or jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if dist is not None:
+        for key in ("coordinator_address", "num_processes", "process_id"):
+            value = getattr(dist, key, None)
+            if value not in (None, "", -1):
+                kwargs[key] = value
+    jax.distributed.initialize(**kwargs)
+    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def make_mesh(data: int = -1, model: int = 1) -> jax.sharding.Mesh:
+    """A ('data', 'model') mesh over all devices; data=-1 takes what the model axis leaves."""
+    n = jax.device_count()
+    if model < 1 or n % model:
+        raise ValueError(f"mesh.model={model} must be a positive divisor of the {n} devices")
+    if data == -1:
+        data = n // model
+    if data * model != n:
+        raise ValueError(
+            f"mesh data={data} x model={model} does not cover the {n} devices; use data=-1 or "
+            f"sizes whose product is {n}"
+        )
+    return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS))
+
+
+def mesh_from_config(config: Any) -> jax.sharding.Mesh:
+    mesh_cfg = getattr(config, "mesh", None)
+    data = int(getattr(mesh_cfg, "data", -1)) if mesh_cfg is not None else -1
+    model = int(getattr(mesh_cfg, "model", 1)) if mesh_cfg is not None else 1
+    return make_mesh(data, model)
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """Leading (batch) axis split over 'data'; the rest replicated."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def data_parallel_size(mesh) -> int:
+    return mesh.shape[DATA_AXIS]
+
+
+def check_batch_size(global_batch: int, mesh) -> int:
+    """The per-process batch; the global batch must split evenly over processes and data shards."""
+    shards = data_parallel_size(mesh)
+    if global_batch % shards or global_batch % jax.process_count():
+        raise ValueError(
+            f"batch_size={global_batch} must be divisible by the {shards} data-parallel devices "
+            f"(and {jax.process_count()} processes); try {max(shards, global_batch // shards * shards)}"
+        )
+    return global_batch // jax.process_count()
+
+
+def host_to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """This process's slice of a batch -> globally sharded jax.Arrays (batch axis over 'data')."""
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0

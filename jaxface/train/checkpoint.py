@@ -1,0 +1,162 @@
+"""Training checkpoints: model, optimiser, step, RNG and data-iterator state in one orbax step directory.
+
+The model and the optimiser are separate items so that inference (evaluate, predict, serve, generate)
+restores the model alone, without building an optimiser. A latest checkpoint that cannot be read is
+moved aside to WORKDIR/checkpoints_corrupt/ and the previous one is used; a workdir whose every
+checkpoint is unreadable is an error, never a silent restart from scratch.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or written by a model of another shape."""
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def keys_to_data(tree):
+    """Typed PRNG keys -> their uint32 data (what orbax can store)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def data_to_keys(tree, like):
+    return jax.tree.map(
+        lambda d, l: jax.random.wrap_key_data(d, impl=jax.random.key_impl(l)) if _is_key(l) else d,
+        tree, like,
+    )
+
+
+def _abstract(tree):
+    def spec(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree.map(spec, tree)
+
+
+def manager(workdir, *, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+    directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    if not create and not directory.exists():
+        raise CheckpointError(
+            f"no checkpoints in {pathlib.Path(workdir)}: expected {directory} (run `jaxface train` first)"
+        )
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, cleanup_tmp_directories=True)
+    handlers = {
+        "model": ocp.StandardCheckpointHandler(),
+        "opt": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+    }
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def save(mngr, step: int, *, model_state, opt_state, meta: dict, data_iterator=None, force=False) -> bool:
+    items = {
+        "model": ocp.args.StandardSave(keys_to_data(model_state)),
+        "opt": ocp.args.StandardSave(keys_to_data(opt_state)),
+        "meta": ocp.args.JsonSave(meta),
+    }
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _check_shapes(mngr, step: int, item: str, target) -> None:
+    """One clear error naming the first parameter whose stored shape differs from the model's."""
+    try:
+        stored = mngr.item_metadata(step)[item]
+    except Exception:  # noqa: BLE001 - metadata unavailable: the restore itself will report
+        return
+    if stored is None:
+        return
+    flat_target = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    flat_stored = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+    for path, t in flat_target.items():
+        s = flat_stored.get(path)
+        if s is None or not hasattr(s, "shape"):
+            continue
+        if tuple(s.shape) != tuple(np.shape(t)):
+            name = jax.tree_util.keystr(path)
+            raise CheckpointError(
+                f"checkpoint step {step} in {mngr.directory} holds {item}{name} with shape "
+                f"{tuple(s.shape)} but the model has {tuple(np.shape(t))}: the model config (width, "
+                f"input_size, schema) differs from the run that wrote it; use its config.json"
+            )
+    missing = [jax.tree_util.keystr(p) for p in flat_target if p not in flat_stored]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint step {step} in {mngr.directory} lacks {item} entries such as {missing[:3]}: "
+            "it was written by another kind of model"
+        )
+
+
+def _move_aside(mngr, step: int) -> None:
+    src = pathlib.Path(mngr.directory) / str(step)
+    dst_dir = pathlib.Path(mngr.directory).parent / "checkpoints_corrupt"
+    dst_dir.mkdir(exist_ok=True)
+    dst = dst_dir / str(step)
+    if dst.exists():
+        shutil.rmtree(dst)
+    if src.exists():
+        shutil.move(str(src), str(dst))
+    mngr.reload()
+
+
+def restore_latest(mngr, *, model_state, opt_state=None, data_iterator=None) -> dict | None:
+    """Restores the newest readable step; None when the workdir has no checkpoint at all."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    corrupt = pathlib.Path(mngr.directory).parent / "checkpoints_corrupt"
+    if not steps and corrupt.is_dir() and any(corrupt.iterdir()):
+        raise CheckpointError(
+            f"{mngr.directory.parent} has only unreadable checkpoints (in {corrupt}); refusing to "
+            "restart from scratch: delete the workdir or use another one"
+        )
+    if not steps:
+        return None
+    errors = []
+    for step in steps:
+        targets = {"model": keys_to_data(model_state)}
+        if opt_state is not None:
+            targets["opt"] = keys_to_data(opt_state)
+        for item, target in targets.items():
+            _check_shapes(mngr, step, item, target)
+        items = {k: ocp.args.StandardRestore(_abstract(v)) for k, v in targets.items()}
+        items["meta"] = ocp.args.JsonRestore()
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(**items))
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any read failure means this step is unusable
+            logging.error("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                          step, mngr.directory, err)
+            print(f"warning: checkpoint step {step} is unreadable ({type(err).__name__}: {err}); "
+                  f"moved to checkpoints_corrupt/ and trying the previous one")
+            errors.append((step, err))
+            _move_aside(mngr, step)
+            continue
+        out = {"step": step, "meta": restored["meta"],
+               "model": data_to_keys(restored["model"], model_state)}
+        if opt_state is not None:
+            out["opt"] = data_to_keys(restored["opt"], opt_state)
+        return out
+    raise CheckpointError(
+        f"every checkpoint in {mngr.directory.parent} is unreadable "
+        f"({', '.join(f'step {s}: {type(e).__name__}' for s, e in errors)}); they were moved to "
+        "checkpoints_corrupt/. Refusing to restart from scratch: delete the workdir or use another one"
+    )

@@ -1,0 +1,340 @@
+"""The one trainer. A task (tasks.py) supplies model, loss, predictions and report; this file owns the
+mesh, the jitted step, evaluation, checkpoints and resumption, logging, preemption and divergence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxface import files, parallel
+from jaxface.data import pipeline
+from jaxface.train import checkpoint, optim, tasks
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Setup:
+    config: Any
+    task: tasks.Task
+    mesh: Any
+    model: nnx.Module
+    model_def: Any
+    model_state: Any
+
+
+def _param_sharding(mesh, config, path_str: str, value) -> NamedSharding:
+    """Replicated, except the largest matrices (fc6/fc7 kernels) over 'model' when asked."""
+    if (config.get("shard_large_params", False) and mesh.shape[parallel.MODEL_AXIS] > 1
+            and getattr(value, "ndim", 0) == 2 and path_str.split("/")[0] in ("fc6", "fc7")
+            and value.shape[1] % mesh.shape[parallel.MODEL_AXIS] == 0):
+        return NamedSharding(mesh, P(None, parallel.MODEL_AXIS))
+    return parallel.replicated(mesh)
+
+
+def _shard_state(state, mesh, config):
+    def place(path, x):
+        return jax.device_put(x, _param_sharding(mesh, config, optim.path_to_str(path), x))
+
+    return jax.tree_util.tree_map_with_path(place, state)
+
+
+def build(config, *, mesh=None) -> Setup:
+    """Model of the config's task, its state placed on the mesh (no optimiser)."""
+    parallel.maybe_initialize_distributed(config)
+    mesh = parallel.mesh_from_config(config) if mesh is None else mesh
+    task = tasks.get_task(config)
+    seed = int(config.seed)
+    model = task.build_model(nnx.Rngs(params=seed, dropout=seed + 1))
+    model_def, model_state = nnx.split(model)
+    model_state = _shard_state(model_state, mesh, config)
+    nnx.update(model, model_state)
+    return Setup(config, task, mesh, model, model_def, model_state)
+
+
+def load_for_inference(workdir, config=None) -> Setup:
+    """The latest checkpoint's model in WORKDIR, without optimiser or data state."""
+    import json
+
+    import ml_collections
+
+    workdir = pathlib.Path(workdir)
+    if config is None:
+        path = workdir / "config.json"
+        if not path.exists():
+            raise checkpoint.CheckpointError(f"{workdir} has no config.json: is it a jaxface workdir?")
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    setup = build(config)
+    mngr = checkpoint.manager(workdir, create=False)
+    restored = checkpoint.restore_latest(mngr, model_state=setup.model_state.to_pure_dict())
+    if restored is None:
+        raise checkpoint.CheckpointError(f"no checkpoint in {workdir / checkpoint.CHECKPOINT_DIR}; "
+                                         "run `jaxface train` first")
+    nnx.replace_by_pure_dict(setup.model_state, restored["model"])
+    nnx.update(setup.model, setup.model_state)
+    setup.config = config
+    return setup
+
+
+# ----------------------------------------------------------------------------------------- steps
+def make_train_step(task, model_def, opt_def, trainable, state_shardings):
+    """One jitted step; state donated; a non-finite loss leaves the state untouched and is flagged."""
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1),
+                       out_shardings=(state_shardings[0], state_shardings[1], None))
+    def step(model_state, opt_state, batch):
+        model = nnx.merge(model_def, model_state)
+        optimizer = nnx.merge(opt_def, opt_state)
+
+        def loss_fn(m):
+            return task.loss(m, batch, train=True)
+
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable), has_aux=True)
+        (loss, metrics), grads = grad_fn(model)
+        grad_norm = optim_global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        optimizer.update(model, grads)
+        new_model, new_opt = nnx.state(model), nnx.state(optimizer)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        metrics = dict(metrics, grad_norm=grad_norm, nonfinite=1 - ok.astype(jnp.int32))
+        return keep(new_model, model_state), keep(new_opt, opt_state), metrics
+
+    return step
+
+
+def optim_global_norm(tree):
+    leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(leaves)) if leaves else jnp.float32(0)
+
+
+def make_predict_step(task, model_def):
+    @jax.jit
+    def predict(model_state, batch):
+        return task.predict(nnx.merge(model_def, model_state), batch)
+
+    return predict
+
+
+def run_predictions(task, predict, model_state, batches) -> dict:
+    """Runs `predict` over every batch; -> host numpy outputs of the valid examples only."""
+    chunks: dict[str, list] = {}
+    for batch in batches:
+        out = predict(model_state, batch)
+        out["valid"] = batch["valid"]
+        out = multihost_utils.process_allgather(out, tiled=True)
+        valid = np.asarray(out.pop("valid"), bool)
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v)[valid])
+    if not chunks:
+        raise pipeline.DataConfigError("the evaluation split yielded no readable image")
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+# ------------------------------------------------------------------------------------------ train
+class _Preemption:
+    """SIGTERM (a TPU preemption notice) asks the loop to checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. under a test runner thread)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Log:
+    """metrics.jsonl + TensorBoard + progress bar, process 0 only."""
+
+    def __init__(self, workdir: pathlib.Path, total: int, start: int):
+        self.workdir = workdir
+        self.main = parallel.is_main_process()
+        self.writer = None
+        self.bar = None
+        if self.main:
+            from tensorboardX import SummaryWriter
+            from tqdm import tqdm
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                            disable=not sys.stderr.isatty())
+        self.tty = bool(self.bar is not None and not self.bar.disable)
+
+    def scalars(self, step: int, prefix: str, values: dict):
+        record = {"step": step, "split": prefix, **values}
+        files.append_jsonl(self.workdir / "metrics.jsonl", record)
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+            self.writer.flush()
+
+    def progress(self, step: int, n: int, text: dict, total: int, rate: float):
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(text, refresh=False)
+        if self.main and not self.tty:
+            eta = (total - step) / rate if rate > 0 else float("nan")
+            print(f"step {step}/{total} " + " ".join(f"{k}={v}" for k, v in text.items())
+                  + f" steps/s={rate:.2f} eta={eta:.0f}s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(config, workdir) -> dict:
+    workdir = pathlib.Path(workdir)
+    setup = build(config)
+    task, mesh, model = setup.task, setup.mesh, setup.model
+    num_steps = int(config.num_train_steps)
+    if num_steps < 1:
+        raise tasks.TaskConfigError(f"num_train_steps must be at least 1, got {num_steps}")
+
+    trainable = optim.trainable_filter(config.get("freeze_below", ""), task.layer_of, task.layer_index)
+    tx = optim.build_optimizer(config.optimizer, num_steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=trainable)
+    opt_def, opt_state = nnx.split(optimizer)
+    opt_state = _shard_state(opt_state, mesh, config)
+    model_def, model_state = nnx.split(model)
+    shardings = (jax.tree.map(lambda x: x.sharding, model_state),
+                 jax.tree.map(lambda x: x.sharding, opt_state))
+    train_step = make_train_step(task, model_def, opt_def, trainable, shardings)
+    predict = make_predict_step(task, model_def)
+
+    train_batches = pipeline.batches(config, "train", mesh, augment=task.augment(config))
+    mngr = checkpoint.manager(workdir, keep=int(config.get("keep_checkpoints", 3)))
+    restored = checkpoint.restore_latest(
+        mngr, model_state=model_state.to_pure_dict(), opt_state=opt_state.to_pure_dict(),
+        data_iterator=train_batches._iter)
+    start = 0
+    if restored is not None:
+        nnx.replace_by_pure_dict(model_state, restored["model"])
+        nnx.replace_by_pure_dict(opt_state, restored["opt"])
+        start = int(restored["step"])
+        print(f"resuming from checkpoint step {start} in {mngr.directory}")
+    elif config.model.get("init_from", ""):
+        from jaxface.models import weights
+
+        nnx.update(model, model_state)
+        loaded = weights.restore_into(model, config.model.init_from,
+                                      skip_prefixes=task.init_skip_prefixes(), strict=False)
+        model_state = _shard_state(nnx.state(model), mesh, config)
+        print(f"initialised {len(loaded)} arrays from {config.model.init_from}")
+
+    log = _Log(workdir, num_steps, start)
+    outputs: list = []
+    step = start
+    last_t, last_step = time.perf_counter(), start
+    pending = []  # device metrics since the last log line (fetched lazily to keep dispatch async)
+    log_every = max(1, int(config.get("log_every_steps", 50)))
+    eval_every = int(config.get("eval_every_steps", 0) or 0)
+    ckpt_every = max(1, int(config.get("checkpoint_every_steps", 1000)))
+
+    def meta():
+        return {"step": step, "task": task.name, "seed": int(config.seed)}
+
+    def check_finite():
+        bad = [m for m in pending if int(m["nonfinite"]) > 0]
+        if bad:
+            mngr.wait_until_finished()
+            last = mngr.latest_step()
+            raise TrainingDiverged(
+                f"the loss became NaN/inf near step {step}; training stopped. The last good "
+                f"checkpoint (step {last}) in {mngr.directory} is kept. Lower optimizer.learning_rate "
+                "or set optimizer.grad_clip_norm"
+            )
+
+    try:
+        with _Preemption() as preemption, jax.set_mesh(mesh):
+            while step < num_steps:
+                batch = next(train_batches)
+                model_state, opt_state, metrics = train_step(model_state, opt_state, batch)
+                step += 1
+                pending.append(metrics)
+                final = step == num_steps
+                if step % log_every == 0 or final or preemption.requested:
+                    check_finite()
+                    host = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]
+                            if k != "nonfinite"}
+                    pending.clear()
+                    now = time.perf_counter()
+                    advanced = step - last_step
+                    rate = advanced / max(now - last_t, 1e-9)
+                    last_t, last_step = now, step
+                    host["steps_per_s"] = rate
+                    log.scalars(step, "train", host)
+                    log.progress(step, advanced, {"loss": f"{host['loss']:.4f}"}, num_steps, rate)
+                if eval_every and (step % eval_every == 0 or final):
+                    val = _evaluate_split(config, task, predict, model_state, mesh, "val")
+                    scalars = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+                    log.scalars(step, "val", scalars)
+                    if log.main:
+                        print(f"step {step}: val " + " ".join(
+                            f"{k}={v:.4f}" for k, v in scalars.items() if isinstance(v, float)), flush=True)
+                if step % ckpt_every == 0 or final or preemption.requested:
+                    check_finite()
+                    checkpoint.save(mngr, step, model_state=model_state.to_pure_dict(),
+                                    opt_state=opt_state.to_pure_dict(), meta=meta(),
+                                    data_iterator=train_batches._iter, force=True)
+                if preemption.requested:
+                    mngr.wait_until_finished()
+                    print(f"SIGTERM: saved checkpoint step {step} in {mngr.directory}; exiting")
+                    break
+    finally:
+        mngr.wait_until_finished()
+        log.close()
+    nnx.update(model, model_state)
+    outputs += [workdir / "metrics.jsonl", mngr.directory]
+    return {"step": step, "outputs": outputs, "model_state": model_state}
+
+
+def _evaluate_split(config, task, predict, model_state, mesh, split):
+    source = pipeline.build_source(config.data, split)
+    if len(source) == 0:
+        return {}
+    outputs = run_predictions(task, predict, model_state, pipeline.batches(config, split, mesh, source=source))
+    return task.summarize(outputs)
+
+
+def evaluate_command(config, workdir, split: str = "test") -> dict:
+    """`jaxface evaluate`: the latest checkpoint on a split -> WORKDIR/eval/ (metrics, CSV, plots)."""
+    workdir = pathlib.Path(workdir)
+    setup = load_for_inference(workdir, config)
+    predict = make_predict_step(setup.task, setup.model_def)
+    with jax.set_mesh(setup.mesh):
+        source = pipeline.build_source(setup.config.data, split)
+        outputs = run_predictions(setup.task, predict, setup.model_state,
+                                  pipeline.batches(setup.config, split, setup.mesh, source=source))
+        metrics = setup.task.summarize(outputs)
+    metrics["split"] = split
+    text, written = setup.task.report(outputs, metrics, workdir / "eval")
+    return {"metrics": metrics, "text": text, "outputs": written}

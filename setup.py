@@ -1,0 +1,34 @@
+"""jaxface: facial attributes, attribute-conditioned face generation and deepfake detection in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxface",
+    version="0.1.0",
+    description="Facial attribute learning, cGMM face generation and deepfake detection in JAX/Flax NNX",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jaxface", "jaxface.*"]),
+    include_package_data=True,
+    package_data={"jaxface": ["serve/static/*"]},
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "numpy>=1.26",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.1",
+        "ml-collections>=1.0",
+        "pillow>=10.0",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "scipy>=1.11",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+    },
+    entry_points={"console_scripts": ["jaxface=jaxface.cli:run"]},
+)
