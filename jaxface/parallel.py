@@ -37,9 +37,14 @@ def maybe_initialize_distributed(config: Any = None) -> None:
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def make_mesh(data: int = -1, model: int = 1) -> jax.sharding.Mesh:
-    """A ('data', 'model') mesh over all devices; data=-1 takes what the model axis leaves."""
-    n = jax.device_count()
+def make_mesh(data: int = -1, model: int = 1, num_devices: int = -1) -> jax.sharding.Mesh:
+    """A ('data', 'model') mesh over the first num_devices devices (-1: all); data=-1 fills the rest."""
+    devices = jax.devices()
+    if num_devices not in (-1, None):
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"mesh.num_devices={num_devices}: this host has {len(devices)} devices")
+        devices = devices[:num_devices]
+    n = len(devices)
     if model < 1 or n % model:
         raise ValueError(f"mesh.model={model} must be a positive divisor of the {n} devices")
     if data == -1:
@@ -49,14 +54,15 @@ def make_mesh(data: int = -1, model: int = 1) -> jax.sharding.Mesh:
             f"mesh data={data} x model={model} does not cover the {n} devices; use data=-1 or "
             f"sizes whose product is {n}"
         )
-    return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS))
+    return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS), devices=devices)
 
 
 def mesh_from_config(config: Any) -> jax.sharding.Mesh:
     mesh_cfg = getattr(config, "mesh", None)
     data = int(getattr(mesh_cfg, "data", -1)) if mesh_cfg is not None else -1
     model = int(getattr(mesh_cfg, "model", 1)) if mesh_cfg is not None else 1
-    return make_mesh(data, model)
+    num_devices = int(getattr(mesh_cfg, "num_devices", -1) or -1) if mesh_cfg is not None else -1
+    return make_mesh(data, model, num_devices)
 
 
 def replicated(mesh) -> NamedSharding:

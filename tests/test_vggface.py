@@ -17,16 +17,24 @@ from jaxface.models.vggface import (
 )
 
 HEADS = (2, 3, 5)
+RBG_KEY = jax.random.key(0, impl="rbg")
 
 
 @pytest.fixture(scope="module")
 def model():
-    return VGGFace(head_sizes=HEADS, width=0.25, input_size=64, rngs=nnx.Rngs(0))
+    # Built under nnx.jit (one compilation for all initialisers instead of one per parameter shape)
+    # from an RBG key: XLA:CPU compiles threefry initialisers several times slower.
+    return nnx.jit(lambda: VGGFace(head_sizes=HEADS, width=0.125, input_size=32, rngs=nnx.Rngs(RBG_KEY)))()
 
 
 @pytest.fixture(scope="module")
 def images():
-    return jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+    return jnp.asarray(np.random.default_rng(1).uniform(size=(2, 32, 32, 3)), jnp.float32)
+
+
+def _abstract(**kwargs):
+    """Shapes of a model built with `kwargs` without running any initialiser."""
+    return nnx.eval_shape(lambda: VGGFace(rngs=nnx.Rngs(0), **kwargs))
 
 
 def test_layer_names_follow_vgg16():
@@ -39,23 +47,37 @@ def test_layer_names_follow_vgg16():
         VGGFace.layer_index("conv6_1")
 
 
-def test_forward_shapes_width_quarter_at_64(model, images):
+def test_forward_shapes_width_quarter_at_64():
+    def forward(x):
+        return VGGFace(head_sizes=HEADS, width=0.25, input_size=64, rngs=nnx.Rngs(0))(x)
+
+    logits = jax.eval_shape(forward, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
+    assert [l.shape for l in logits] == [(2, n) for n in HEADS]
+    m = _abstract(head_sizes=HEADS, width=0.25, input_size=64)
+    # width 0.25: 16/32/64/128/128 channels, fc 1024; fc6 reads 2*2*128 inputs.
+    assert m.conv1_1.kernel.value.shape == (3, 3, 3, 16)
+    assert m.conv5_3.kernel.value.shape == (3, 3, 128, 128)
+    assert m.fc6.kernel.value.shape == (2 * 2 * 128, 1024)
+    assert m.fc7.kernel.value.shape == (1024, 1024)
+    assert m.layer_output_shape("pool5") == (2, 2, 128)
+    full = _abstract(head_sizes=None)  # the published network: 224 px, fc6 of 7*7*512 inputs
+    assert full.fc6.kernel.value.shape == (25088, 4096)
+
+
+def test_real_forward_is_finite(model, images):
     logits = model(images)
     assert [l.shape for l in logits] == [(2, n) for n in HEADS]
     assert all(bool(jnp.all(jnp.isfinite(l))) for l in logits)
-    # width 0.25: 16/32/64/128/128 channels, fc 1024; fc6 reads 2*2*128 inputs.
-    assert model.conv1_1.kernel.value.shape == (3, 3, 3, 16)
-    assert model.conv5_3.kernel.value.shape == (3, 3, 128, 128)
-    assert model.fc6.kernel.value.shape == (2 * 2 * 128, 1024)
-    assert model.fc7.kernel.value.shape == (1024, 1024)
 
 
 def test_without_heads_returns_fc7():
-    m = VGGFace(head_sizes=None, width=0.125, input_size=32, rngs=nnx.Rngs(0))
-    out = m(jnp.zeros((3, 32, 32, 3)))
+    def forward(x):
+        return VGGFace(head_sizes=None, width=0.125, input_size=32, rngs=nnx.Rngs(0))(x)
+
+    out = jax.eval_shape(forward, jax.ShapeDtypeStruct((3, 32, 32, 3), jnp.float32))
     assert out.shape == (3, 512)
     with pytest.raises(UnknownLayerError, match="head_sizes=None"):
-        m.activations(jnp.zeros((1, 32, 32, 3)), ["heads"])
+        _abstract(head_sizes=None, width=0.125, input_size=32).activations(jnp.zeros((1, 32, 32, 3)), ["heads"])
 
 
 def test_activations_returns_every_requested_tap(model, images):
@@ -63,8 +85,8 @@ def test_activations_returns_every_requested_tap(model, images):
     for name in ("conv1_1", "pool2", "conv5_3", "fc6", "fc7"):
         assert acts[name].shape == (2,) + model.layer_output_shape(name)
         assert float(jnp.min(acts[name])) >= 0.0  # post-ReLU (pools of ReLU maps too)
-    assert acts["conv1_1"].shape == (2, 64, 64, 16)
-    assert acts["pool2"].shape == (2, 16, 16, 32)
+    assert acts["conv1_1"].shape == (2, 32, 32, 8)
+    assert acts["pool2"].shape == (2, 8, 8, 16)
     np.testing.assert_allclose(acts["heads"][1], model(images)[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(UnknownLayerError, match="valid layers are: conv1_1"):
         model.activations(images, ["conv5_4"])
@@ -82,8 +104,8 @@ def test_activations_stop_at_the_deepest_requested_layer(model, images):
     assert jaxpr_text(["fc7"]).count("dot_general") == 2
 
 
-def test_dropout_only_in_train_mode(images):
-    m = VGGFace(head_sizes=(4,), width=0.125, input_size=64, dropout=0.5, rngs=nnx.Rngs(0))
+def test_dropout_only_in_train_mode(model, images):
+    m = model  # dropout 0.5 (the default)
     eval_a, eval_b = m(images)[0], m(images, train=False)[0]
     np.testing.assert_array_equal(eval_a, eval_b)
     train_a, train_b = m(images, train=True)[0], m(images, train=True)[0]
@@ -95,8 +117,11 @@ def test_dropout_only_in_train_mode(images):
     np.testing.assert_allclose(t["fc6"], e["fc6"], rtol=1e-6)
     assert not np.allclose(t["fc7"], e["fc7"])
 
-    no_drop = VGGFace(head_sizes=(4,), width=0.125, input_size=64, dropout=0.0, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(no_drop(images, train=True)[0], no_drop(images)[0], rtol=1e-6)
+    m.dropout6.rate = m.dropout7.rate = 0.0
+    try:
+        np.testing.assert_allclose(m(images, train=True)[0], m(images)[0], rtol=1e-6)
+    finally:
+        m.dropout6.rate = m.dropout7.rate = 0.5
 
 
 def test_input_size_errors():
@@ -106,22 +131,27 @@ def test_input_size_errors():
         VGGFace(head_sizes=None, width=0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="preprocess"):
         VGGFace(head_sizes=None, preprocess="caffe", rngs=nnx.Rngs(0))
-    m = VGGFace(head_sizes=None, width=0.125, input_size=32, rngs=nnx.Rngs(0))
+    m = _abstract(head_sizes=None, width=0.125, input_size=32)
     with pytest.raises(InputShapeError, match=r"\(batch, 32, 32, 3\)"):
         m(jnp.zeros((1, 64, 64, 3)))
     with pytest.raises(InputShapeError, match="got"):
         m(jnp.zeros((32, 32, 3)))
 
 
-def test_vggface_preprocessing_is_scale_and_rgb_mean():
-    raw = VGGFace(head_sizes=None, width=0.125, input_size=32, preprocess="none", rngs=nnx.Rngs(3))
-    vgg = VGGFace(head_sizes=None, width=0.125, input_size=32, preprocess="vggface", rngs=nnx.Rngs(3))
-    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
-    pre = x * 255.0 - jnp.asarray(VGGFACE_MEAN_RGB)
+def test_vggface_preprocessing_is_scale_and_rgb_mean(model, images):
+    pre = images * 255.0 - jnp.asarray(VGGFACE_MEAN_RGB)
     np.testing.assert_allclose(
-        vgg.activations(x, ["conv1_1"])["conv1_1"], raw.activations(pre, ["conv1_1"])["conv1_1"],
+        model.activations(images, ["conv1_1"])["conv1_1"], jax.nn.relu(model.conv1_1(pre)),
         rtol=1e-5, atol=1e-3,
     )
+    model.preprocess = "none"
+    try:
+        np.testing.assert_allclose(
+            model.activations(pre, ["conv1_1"])["conv1_1"], jax.nn.relu(model.conv1_1(pre)),
+            rtol=1e-5, atol=1e-3,
+        )
+    finally:
+        model.preprocess = "vggface"
     assert VGGFACE_MEAN_RGB[0] > VGGFACE_MEAN_RGB[2]  # red mean first (RGB order)
 
 
@@ -138,12 +168,12 @@ def test_param_layer_names_cover_every_parameter(model):
     frozen = sorted({param_layer_name(p) for p, _ in nnx.to_flat_state(params)
                      if layer_index(param_layer_name(p)) < layer_index("conv5_1")})
     assert frozen[0] == "conv1_1" and frozen[-1] == "conv4_3" and len(frozen) == 10
-    assert model.heads.heads[1].kernel.value.shape == (1024, 3)
+    assert model.heads.heads[1].kernel.value.shape == (512, 3)
 
 
 def test_grouped_loss_masks_missing_labels():
-    key = jax.random.key(0)
-    logits = [jax.random.normal(k, (4, n)) for k, n in zip(jax.random.split(key, 3), HEADS)]
+    rng = np.random.default_rng(0)
+    logits = [jnp.asarray(rng.normal(size=(4, n)), jnp.float32) for n in HEADS]
     targets = jnp.array([[0, -1, 4], [1, -1, -1], [1, -1, 2], [0, -1, 0]], dtype=jnp.int32)
     loss, per_head = jax.jit(grouped_softmax_loss)(logits, targets)
     assert per_head.shape == (3,)
@@ -155,21 +185,19 @@ def test_grouped_loss_masks_missing_labels():
     np.testing.assert_allclose(per_head[2], expected, rtol=1e-5)
     np.testing.assert_allclose(loss, per_head.sum(), rtol=1e-6)
 
-    grads = jax.grad(lambda ls: grouped_softmax_loss(ls, targets)[0])(logits)
+    grads = jax.jit(jax.grad(lambda ls: grouped_softmax_loss(ls, targets)[0]))(logits)
     assert float(jnp.abs(grads[1]).max()) == 0.0  # fully unlabelled head: no gradient, no NaN
     assert float(jnp.abs(grads[2][1]).max()) == 0.0  # unlabelled example of head 2
     assert float(jnp.abs(grads[2][0]).max()) > 0.0
 
 
-def test_masked_head_gets_zero_parameter_gradient():
-    m = VGGFace(head_sizes=(2, 3), width=0.125, input_size=32, rngs=nnx.Rngs(0))
-    x = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3))
-    targets = jnp.array([[1, -1], [0, -1], [1, -1]], dtype=jnp.int32)
+def test_masked_head_gets_zero_parameter_gradient(model, images):
+    targets = jnp.array([[1, -1, 4], [0, -1, -1]], dtype=jnp.int32)
 
-    def loss_fn(model):
-        return grouped_softmax_loss(model(x), targets)[0]
+    def loss_fn(m):
+        return grouped_softmax_loss(m(images), targets)[0]
 
-    grads = nnx.grad(loss_fn)(m)
+    grads = nnx.jit(nnx.grad(loss_fn))(model)
     assert float(jnp.abs(grads["heads"]["heads"][1]["kernel"].value).max()) == 0.0
     assert float(jnp.abs(grads["heads"]["heads"][0]["kernel"].value).max()) > 0.0
     assert float(jnp.abs(grads["conv1_1"]["kernel"].value).max()) > 0.0

@@ -29,7 +29,9 @@ def get_config():
     config.model.width = 0.25
     config.model.input_size = 64
     config.model.dropout = 0.5
-    config.model.preprocess = "vggface"
+    # From scratch, unit-scale inputs train far better than the 0-255 VGG-Face (Caffe) convention, which
+    # is what converted VGG-Face weights expect (set "vggface" with model.init_from).
+    config.model.preprocess = "none"
     config.model.init_from = ""  # a converted VGG-Face weight directory (jaxface convert-weights)
     config.freeze_below = ""  # e.g. "fc6" or "conv5_1": layers below it are not trained
 
@@ -47,6 +49,7 @@ def get_config():
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.model = 1
+    config.mesh.num_devices = -1  # -1: every device of every process
     config.shard_large_params = False  # shard fc6/fc7 kernels over the 'model' axis
 
     config.batch_size = 64

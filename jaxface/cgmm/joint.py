@@ -27,6 +27,7 @@ residual variances are computed once, on the host, in float64.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, NamedTuple
 
 import jax
@@ -38,8 +39,8 @@ from jax.sharding import Mesh
 from jaxface.cgmm.stats import (
     HIGHEST,
     StatsInputError,
-    _ones_like_rows,
-    _unpack_batch,
+    ones_like_labels,
+    unpack_batch,
     mesh_of,
     place_batch,
     replicated,
@@ -122,7 +123,6 @@ class JointStats:
         self.dim = int(dim)
         self.mesh = mesh
         self.data_axis = data_axis
-        self._jitted: dict = {}
 
     def init(self) -> JointState:
         k, d = self.num_attributes, self.dim
@@ -141,55 +141,65 @@ class JointStats:
                 f"attributes must be ({shape[0]}, {self.num_attributes}), got {np.shape(attributes)}"
             )
         if attribute_mask is None:
-            attribute_mask = _ones_like_rows(attributes, bool)
+            attribute_mask = ones_like_labels(attributes, bool)
         if valid is None:
-            valid = _ones_like_rows(attributes, bool, rows_only=True)
+            valid = ones_like_labels(attributes, bool, rows_only=True)
         inputs = place_batch(
             self.mesh, dict(acts=acts, attributes=attributes, mask=attribute_mask, valid=valid), self.data_axis
         )
         mesh = self.mesh or mesh_of(inputs["acts"])
         if mesh is not None:
             state = jax.device_put(state, replicated(mesh))
-        fn = self._jitted.get(mesh)
-        if fn is None:
-            fn = self._jitted[mesh] = jax.jit(self._make_update(replicated(mesh)),
-                                              out_shardings=replicated(mesh))
-        return fn(state, inputs["acts"], inputs["attributes"], inputs["mask"], inputs["valid"])
-
-    def _make_update(self, out_sharding):
-        k = self.num_attributes
-
-        def update(state, acts, attributes, mask, valid):
-            acts = acts.astype(jnp.float32)
-            v = valid.astype(jnp.float32)[:, None]
-            m = mask.astype(jnp.float32)
-            a_bar = (attributes > 0.5).astype(jnp.float32) * m * v
-            u = (1.0 - m) * v
-            n_b = jnp.sum(v)
-            batch_mean = jnp.sum(acts * v, axis=0) / jnp.maximum(n_b, 1.0)
-            shift = jnp.where(state.n > 0, state.shift, batch_mean)
-            y = (acts - shift) * v
-            z = jnp.concatenate([a_bar, u, v], axis=1)  # (B, 2K + 1)
-            zz = jnp.matmul(z.T, z, precision=HIGHEST, out_sharding=out_sharding)
-            zy = jnp.matmul(z.T, y, precision=HIGHEST, out_sharding=out_sharding)
-            return JointState(
-                n=state.n + n_b,
-                shift=shift,
-                s_aa=state.s_aa + zz[:k, :k],
-                s_au=state.s_au + zz[:k, k : 2 * k],
-                s_uu=state.s_uu + zz[k : 2 * k, k : 2 * k],
-                s_a=state.s_a + zz[:k, 2 * k],
-                s_u=state.s_u + zz[k : 2 * k, 2 * k],
-                s_ay=state.s_ay + zy[:k],
-                s_uy=state.s_uy + zy[k : 2 * k],
-                s_y=state.s_y + zy[2 * k],
-                s_yy=state.s_yy + jnp.sum(y * y, axis=0),
-            )
-
-        return update
+        return _joint_update_fn(mesh)(
+            state, inputs["acts"], inputs["attributes"], inputs["mask"], inputs["valid"]
+        )
 
     def finalize(self, state: JointState, lam: float = DEFAULT_JOINT_LAMBDA, impute_rate=None) -> JointModel:
         return finalize_joint(state, lam=lam, impute_rate=impute_rate)
+
+
+def _joint_update(state, acts, attributes, mask, valid, *, out_sharding):
+    k = attributes.shape[1]
+    acts = acts.astype(jnp.float32)
+    v = valid.astype(jnp.float32)[:, None]
+    m = mask.astype(jnp.float32)
+    a_bar = (attributes > 0.5).astype(jnp.float32) * m * v
+    u = (1.0 - m) * v
+    n_b = jnp.sum(v)
+    batch_mean = jnp.sum(acts * v, axis=0) / jnp.maximum(n_b, 1.0)
+    shift = jnp.where(state.n > 0, state.shift, batch_mean)
+    z = jnp.concatenate([a_bar, u, v], axis=1)  # (B, 2K + 1); zero rows for padding
+    zz = jnp.matmul(z.T, z, precision=HIGHEST, out_sharding=out_sharding)
+    # z^T (Y - shift) without a (B, D) temporary (see stats.batch_moments)
+    zy = jnp.matmul(z.T, acts, precision=HIGHEST, out_sharding=out_sharding)
+    zy = zy - jnp.sum(z, axis=0)[:, None] * shift[None, :]
+    yy = jnp.sum(v * (acts - shift) ** 2, axis=0)
+    return JointState(
+        n=state.n + n_b,
+        shift=shift,
+        s_aa=state.s_aa + zz[:k, :k],
+        s_au=state.s_au + zz[:k, k : 2 * k],
+        s_uu=state.s_uu + zz[k : 2 * k, k : 2 * k],
+        s_a=state.s_a + zz[:k, 2 * k],
+        s_u=state.s_u + zz[k : 2 * k, 2 * k],
+        s_ay=state.s_ay + zy[:k],
+        s_uy=state.s_uy + zy[k : 2 * k],
+        s_y=state.s_y + zy[2 * k],
+        s_yy=state.s_yy + yy,
+    )
+
+
+
+_UPDATE_FNS: dict = {}
+
+
+def _joint_update_fn(mesh):
+    """One jitted update per mesh, shared by every JointStats."""
+    fn = _UPDATE_FNS.get(mesh)
+    if fn is None:
+        out = replicated(mesh)
+        fn = _UPDATE_FNS[mesh] = jax.jit(functools.partial(_joint_update, out_sharding=out), out_shardings=out)
+    return fn
 
 
 def finalize_joint(state: JointState, *, lam: float = DEFAULT_JOINT_LAMBDA, impute_rate=None) -> JointModel:
@@ -248,7 +258,7 @@ def fit_joint(
     state = stats.init()
     seen = 0
     for batch in batches:
-        kw = _unpack_batch(batch)
+        kw = unpack_batch(batch)
         acts = kw["acts"]
         if np.ndim(acts) > 2:
             acts = acts.reshape(np.shape(acts)[0], -1)

@@ -187,3 +187,49 @@ def make_targets_for_sets(
         jnp.asarray(joint.coef), jnp.asarray(joint.bias), jnp.asarray(joint.resid_var),
         jnp.asarray(vectors), keys, mode=mode,
     )
+
+
+def target_fidelity(
+    store: CGMMStore,
+    attribute_sets: Sequence[Sequence[str] | str],
+    acts,
+    attributes,
+    attribute_mask=None,
+    *,
+    model: str = "cgmm",
+    unspecified: str = "prior",
+    min_images: int = 10,
+) -> list[dict]:
+    """How well mean-mode targets match real images that have the requested attributes.
+
+    For each set C: m_C = mean activation of the images (in `acts`, (N, D)) that have every attribute
+    of C, m = mean of all images, T = the target. relative_error = ||T - m_C||^2 / ||m_C - m||^2 is the
+    fraction of the attribute signal the target misses: 0 is perfect, 1 is no better than the average
+    image (the "washed-out" failure the report describes). Sets with fewer than `min_images` such
+    images get NaN.
+    """
+    acts = np.asarray(acts, np.float32)
+    present = np.asarray(attributes) > 0.5
+    if attribute_mask is not None:
+        present &= np.asarray(attribute_mask, bool)
+    overall = acts.mean(axis=0, dtype=np.float64)
+    resolved = [resolve_attributes(store, names) for names in attribute_sets]
+    predicted = np.asarray(
+        make_targets_for_sets(store, [[store.schema.attribute_names[i] for i in idx] for idx in resolved],
+                              1, "mean", 0, model, unspecified),
+        np.float64,
+    )
+    results = []
+    for idx, target in zip(resolved, predicted):
+        rows = np.all(present[:, idx], axis=1)
+        count = int(rows.sum())
+        names = [store.schema.attribute_names[i] for i in idx]
+        if count < min_images:
+            results.append(dict(attributes=names, num_images=count, relative_error=float("nan")))
+            continue
+        conditional = acts[rows].mean(axis=0, dtype=np.float64)
+        signal = float(np.sum((conditional - overall) ** 2))
+        error = float(np.sum((target - conditional) ** 2))
+        results.append(dict(attributes=names, num_images=count,
+                            relative_error=error / signal if signal > 0 else float("nan")))
+    return results

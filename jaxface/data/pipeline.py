@@ -267,9 +267,10 @@ class ShardedBatches:
         self._iter.set_state(state)
 
 
-def loader_spec_from_config(config, split: str) -> LoaderSpec:
+def loader_spec_from_config(config, split: str, training: bool | None = None) -> LoaderSpec:
+    """training (default: split == 'train') means shuffled, endless, drop-remainder batches."""
     data = config.data
-    train = split == "train"
+    train = split == "train" if training is None else training
     batch = int(_opt(config, "eval_batch_size", config.batch_size)) if not train else int(config.batch_size)
     return LoaderSpec(
         batch_size=batch,
@@ -281,14 +282,14 @@ def loader_spec_from_config(config, split: str) -> LoaderSpec:
     )
 
 
-def batches(config, split: str, mesh, *, source=None, augment=None) -> ShardedBatches:
-    """Sharded batches of one split of the config's dataset (train: infinite and shuffled)."""
+def batches(config, split: str, mesh, *, source=None, augment=None, training: bool | None = None) -> ShardedBatches:
+    """Sharded batches of one split (training: endless and shuffled; otherwise one ordered pass)."""
     source = build_source(config.data, split) if source is None else source
     if len(source) == 0:
         raise DataConfigError(
             f"the {split} split of data.source={_opt(config.data, 'source', 'synthfaces')!r} is empty"
         )
-    spec = loader_spec_from_config(config, split)
+    spec = loader_spec_from_config(config, split, training)
     spec.augment = augment
     return ShardedBatches(make_loader(source, spec), mesh, spec.batch_size)
 

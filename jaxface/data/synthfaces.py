@@ -5,11 +5,11 @@ Every image is drawn in numpy, vectorised over a batch, from a per-image random 
 source is random access (grain can shuffle and shard it) and needs no files.
 
 Each image draws, from `np.random.default_rng([seed, index])`, in this fixed order:
-  1. `NUM_ATTRIBUTE_DRAWS` uniforms that decide the attributes (one per schema group),
+  1. one uniform per schema head that decides that head's attribute(s),
   2. `len(NUISANCE_FIELDS)` uniforms for the variation no label describes (pose, colours, light, ...),
   3. R*R*3 uniforms of sensor noise.
-The order never depends on the attribute values, so `render(attributes, seeds=[i])` draws the same
-pose, colours and noise as item i: changing one label changes only what that label renders.
+The order never depends on the attribute values, so `render(attributes, [i])` draws the same pose,
+colours and noise as item i: changing one label changes only what that label renders.
 
 The 23 attributes are exactly `get_schema('synthfaces')`; each one is visible in the picture:
 hair colour or a bald scalp; no eyewear, thin-framed glasses or dark lenses; oval, round or square face
@@ -100,7 +100,9 @@ def _split_rate(rate: float, p_condition: float, share: float) -> tuple[float, f
 
 def _column(x) -> np.ndarray:
     """Per-image values (n,) -> (n, 1, 1) to broadcast against pixel planes."""
-    return np.asarray(x, np.float32)[:, None, None]
+    if type(x) is not np.ndarray or x.dtype != np.float32:
+        x = np.asarray(x, np.float32)
+    return x.reshape(-1, 1, 1)
 
 
 def _coverage(inside_measure, gain):
@@ -111,17 +113,22 @@ def _coverage(inside_measure, gain):
     return np.minimum(out, 1.0, out=out)
 
 
-def _ellipse(u, v, cu, cv, ru, rv, sharp):
-    """Coverage of an axis-aligned ellipse in face coordinates (sharp = pixels per face unit).
+def _ellipse(u, v, cu, cv, ru, rv, sharp, *, bounded: bool = True):
+    """Coverage of an axis-aligned ellipse in face coordinates (sharp = pixels per face unit)."""
+    return _coverage(_ellipse_distance(u, v, cu, cv, ru, rv, bounded=bounded), -sharp)
+
+
+def _ellipse_distance(u, v, cu, cv, ru, rv, *, bounded: bool = True):
+    """Signed distance (face units, negative inside) to an axis-aligned ellipse's outline.
 
     Distance to the outline to first order in r = sqrt(q): (r - 1) / |grad r|, so thin ellipses
     (a closed mouth, narrow eyes) get a crisp edge that ends half a pixel outside the outline. Off
     the ends of a thin ellipse that estimate is too short; the distance to its bounding box, a
-    lower bound, corrects it there (every shape must end where its window says it does)."""
+    lower bound, corrects it there (every shape must end where its window says it does). Large
+    or round shapes skip that (`bounded=False`); the choice is per call site, never per batch."""
     a = (u - cu) * (1.0 / ru)
     b = (v - cv) * (1.0 / rv)
-    elongation = np.max(np.maximum(ru, rv) / np.minimum(ru, rv))
-    if elongation > 1.5:
+    if bounded:
         box = np.abs(a)
         box -= 1.0
         box *= ru
@@ -140,9 +147,9 @@ def _ellipse(u, v, cu, cv, ru, rv, sharp):
     r = np.sqrt(q)
     q -= r  # (r - 1) / |grad r| = (q - r) / (|grad q| / 2)
     q /= a
-    if elongation > 1.5:
+    if bounded:
         np.maximum(q, box, out=q)
-    return _coverage(q, -sharp)
+    return q
 
 
 def _paint(target, alpha, colour):
@@ -159,7 +166,7 @@ _WINDOWS = {
     "face": (-0.5, 0.5, -0.6, 0.55),
     "beard": (-0.5, 0.5, -0.1, 0.55),
     "eyes": (-0.32, 0.32, -0.28, 0.0),
-    "nose": (-0.15, 0.15, -0.08, 0.26),
+    "nose": (-0.15, 0.15, -0.08, 0.3),
     "mouth": (-0.26, 0.26, 0.05, 0.42),
     "scalp": (-0.6, 0.6, -0.8, 0.1),
     "eyewear": (-0.5, 0.5, -0.26, 0.08),
@@ -208,11 +215,32 @@ class _Frame:
         return self.u[:, rows, cols], self.v[:, rows, cols]
 
 
+def pose_from_nuisance(nuisance_u: np.ndarray) -> dict[str, np.ndarray]:
+    """Face placement from nuisance draws (n, F): centre in image units ([-1, 1], y down), scale
+    (image units per face unit) and in-plane rotation (radians)."""
+    f = np.asarray(nuisance_u, np.float32)
+    c = _NUISANCE_COLUMN
+    return {
+        "shift_x": (f[:, c["shift_x"]] * 2 - 1) * 0.16,
+        "shift_y": 0.07 + (f[:, c["shift_y"]] * 2 - 1) * 0.12,
+        "scale": 0.92 + 0.34 * f[:, c["scale"]],
+        "rotation": (f[:, c["rotation"]] * 2 - 1) * 0.22,
+    }
+
+
+def face_coordinates(nuisance_u: np.ndarray, resolution: int):
+    """Face-space coordinates (u, v), each (n, R, R), of every pixel, and pixels per face unit (n, 1, 1).
+
+    The face is centred near (0, 0); eyes sit near v = -0.09, the mouth near v = 0.27, the face
+    outline is roughly |u| < 0.4, -0.52 < v < 0.48."""
+    frame = _Frame(resolution, **pose_from_nuisance(nuisance_u))
+    return frame.u, frame.v, frame.sharp
+
+
 def _gaussian_blur(images: np.ndarray, sigma: np.ndarray, radius: int) -> np.ndarray:
     """Separable Gaussian blur of channel planes (3, m, h, w), one sigma (pixels) per image.
 
     The kernel radius is fixed by the caller (not by the batch) so an image blurs the same in any batch."""
-
     offsets = np.arange(-radius, radius + 1, dtype=np.float32)
     kernel = np.exp(-0.5 * (offsets[None, :] / sigma[:, None].astype(np.float32)) ** 2)
     kernel /= kernel.sum(axis=1, keepdims=True)
@@ -393,7 +421,7 @@ class SynthFaces:
     def _stream(self, key: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(key)])
 
-    def _draw(self, keys: Sequence[int], resolution: int, skip_attributes: bool = False):
+    def _draw(self, keys: Sequence[int], resolution: int):
         """Attribute uniforms (n, H), nuisance uniforms (n, F) and noise (n, 3, R, R) per key."""
         n = len(keys)
         heads = self.num_attribute_draws
@@ -419,7 +447,8 @@ class SynthFaces:
         rest = (hair_u - p_bald) / np.maximum(1.0 - p_bald, 1e-12)
         colour = np.searchsorted(self._hair_colour_cdf, rest, side="right")
         colour = np.minimum(colour, len(self._hair_colour_cols) - 1)
-        out[:, self._hair_colour_cols] = (colour[:, None] == np.arange(len(self._hair_colour_cols))) & ~bald[:, None]
+        one_hot = colour[:, None] == np.arange(len(self._hair_colour_cols))
+        out[:, self._hair_colour_cols] = one_hot & ~bald[:, None]
         out[:, self._bald_col] = bald
         for slot, cols, cdf in self._categorical:
             pick = np.minimum(np.searchsorted(cdf, u[:, slot], side="right"), len(cols) - 1)
@@ -498,6 +527,31 @@ class SynthFaces:
             _, nuisance_u, noise = self._draw(seeds, self.resolution)
         return self._render_all(attributes, nuisance_u, noise)
 
+    def draws(self, keys, resolution: int | None = None):
+        """The random draws behind items `keys` (any non-negative integers, also beyond len):
+        labels (N, K), nuisance uniforms (N, len(NUISANCE_FIELDS)) and noise (N, 3, R, R).
+
+        With `render_from_draws` this lets derived data (synthfakes) re-render a face with some
+        draws changed, e.g. another face in the same pose."""
+        keys = np.asarray(keys, np.int64).reshape(-1)
+        if (keys < 0).any():
+            raise ValueError(f"draw keys must be non-negative integers, got {keys[keys < 0][:3]}")
+        attribute_u, nuisance_u, noise = self._draw(keys, resolution or self.resolution)
+        return self._attributes_from_uniforms(attribute_u), nuisance_u, noise
+
+    def render_from_draws(self, attributes, nuisance_u, noise) -> np.ndarray:
+        """Render labels (N, K) with given nuisance uniforms (N, F) and noise (N, 3, R, R)."""
+        attributes = self._check_attributes(attributes)
+        nuisance_u = np.asarray(nuisance_u, np.float64)
+        noise = np.asarray(noise, np.float32)
+        n = attributes.shape[0]
+        if nuisance_u.shape != (n, len(NUISANCE_FIELDS)) or noise.ndim != 4 or noise.shape[:2] != (n, 3):
+            raise ValueError(
+                f"render_from_draws needs nuisance (N, {len(NUISANCE_FIELDS)}) and noise (N, 3, R, R) "
+                f"for N = {n} label rows, got {nuisance_u.shape} and {noise.shape}"
+            )
+        return self._render_all(attributes, nuisance_u, noise, noise.shape[-1])
+
     def _check_attributes(self, attributes) -> np.ndarray:
         a = np.asarray(attributes, np.float32)
         k = self._schema.num_attributes
@@ -547,13 +601,7 @@ class SynthFaces:
         male, bald = a["Male"], a["Bald"]
         has_hair = ~bald
 
-        frame = _Frame(
-            resolution,
-            shift_x=(f["shift_x"] * 2 - 1) * 0.16,
-            shift_y=0.07 + (f["shift_y"] * 2 - 1) * 0.12,
-            scale=0.92 + 0.34 * f["scale"],
-            rotation=(f["rotation"] * 2 - 1) * 0.22,
-        )
+        frame = _Frame(resolution, **pose_from_nuisance(nuisance))
         sharp = frame.sharp
         u, v = frame.u, frame.v
 
@@ -562,10 +610,8 @@ class SynthFaces:
         for name, rgb in _HAIR_COLOURS.items():
             hair[a[name]] = rgb
         hair *= (0.85 + 0.3 * f["hair_shade"])[:, None]
-        facial_hair = np.where(
-            bald[:, None], np.asarray(_BALD_FACIAL_HAIR, np.float32) * (0.6 + 0.8 * f["facial_hair_shade"])[:, None],
-            hair,
-        )
+        bald_facial_hair = np.asarray(_BALD_FACIAL_HAIR, np.float32) * (0.6 + 0.8 * f["facial_hair_shade"])[:, None]
+        facial_hair = np.where(bald[:, None], bald_facial_hair, hair)
         tone = f["skin_tone"][:, None]
         skin = _DARK_SKIN + tone * (_LIGHT_SKIN - _DARK_SKIN)
         warmth = (f["skin_warmth"] - 0.5) * 0.08
@@ -590,7 +636,7 @@ class SynthFaces:
         rows, cols = frame.window("body")
         uw, vw = frame.uv(rows, cols)
         part = img[:, :, rows, cols]
-        torso = _ellipse(uw, vw, 0.0, 1.12, 0.95, 0.58, sharp)
+        torso = _ellipse(uw, vw, 0.0, 1.12, 0.95, 0.58, sharp, bounded=False)
         _paint(part, torso, clothing)
         neck_half_width = np.where(male, 0.2, 0.165)
         neck = _coverage(_column(neck_half_width) - np.abs(uw), sharp)
@@ -620,7 +666,7 @@ class SynthFaces:
         back_rx = np.where(male, rx + 0.05, rx + 0.16 + 0.05 * hair_long)
         back_ry = np.where(male, 0.56, 0.66 + 0.1 * hair_long)
         back_bottom = np.where(male, -0.06, 0.42 + 0.25 * hair_long)
-        back = _ellipse(u, v, 0.0, _column(back_cv), _column(back_rx), _column(back_ry), sharp)
+        back = _ellipse(u, v, 0.0, _column(back_cv), _column(back_rx), _column(back_ry), sharp, bounded=False)
         back *= _coverage(_column(back_bottom) - v, sharp)
         back *= _column(has_hair)
         _paint(img, back, hair)
@@ -661,13 +707,14 @@ class SynthFaces:
         au = np.abs(uw)
         eye_h = _column(np.where(a["Narrow Eyes"], 0.014, 0.042))
         part = img[:, :, rows, cols]
-        socket = _ellipse(au, vw, eye_u, eye_v - 0.004, 0.085, eye_h + 0.014, sharp)
+        white_distance = _ellipse_distance(au, vw, eye_u, eye_v, 0.072, eye_h)
+        socket = _coverage(white_distance - 0.013, -sharp)  # a dark rim (lids, lashes) around the white
         _paint(part, socket, skin * 0.35)
-        white = _ellipse(au, vw, eye_u, eye_v, 0.072, eye_h, sharp)
+        white = _coverage(white_distance, -sharp)
         _paint(part, white, np.full((n, 3), 0.93, np.float32))
         iris_colour = np.stack([0.1 + 0.3 * f["iris_shade"], 0.08 + 0.22 * f["iris_shade"],
                                 0.06 + 0.12 * f["iris_shade"]], 1)
-        iris = _ellipse(au, vw, eye_u, eye_v, 0.032, 0.032, sharp) * white
+        iris = _ellipse(au, vw, eye_u, eye_v, 0.032, 0.032, sharp, bounded=False) * white
         _paint(part, iris, iris_colour)
 
         # ---- brows: heavier for men
@@ -678,18 +725,18 @@ class SynthFaces:
 
         # ---- nose: a darker ridge and nostrils; bigger for Big Nose
         big = a["Big Nose"]
-        nose_scale = _column(np.where(big, 1.7, 1.0))
-        nose_len = _column(0.13 + 0.04 * f["nose_length"]) * _column(np.where(big, 1.2, 1.0))
+        nose_scale = _column(np.where(big, 1.9, 1.0))
+        nose_len = _column(0.13 + 0.04 * f["nose_length"]) * _column(np.where(big, 1.3, 1.0))
         rows, cols = frame.window("nose")
         uw, vw = frame.uv(rows, cols)
         part = img[:, :, rows, cols]
         ridge = _ellipse(uw, vw, 0.0, -0.03 + nose_len * 0.5, 0.04 * nose_scale, nose_len * 0.6, sharp)
-        _paint(part, ridge * 0.6, skin * 0.68)
+        _paint(part, ridge * 0.7, skin * 0.62)
         tip = _ellipse(uw, vw, 0.0, -0.03 + nose_len, 0.052 * nose_scale, 0.034 * nose_scale, sharp)
-        _paint(part, tip * 0.7, skin * 0.78)
+        _paint(part, tip * 0.8, skin * 0.74)
         nostrils = _ellipse(np.abs(uw), vw, 0.03 * nose_scale, -0.025 + nose_len + 0.02 * nose_scale,
-                            0.016 * nose_scale, 0.01 * nose_scale, sharp)
-        _paint(part, nostrils, skin * 0.3)
+                            0.018 * nose_scale, 0.012 * nose_scale, sharp)
+        _paint(part, nostrils, skin * 0.25)
 
         # ---- mouth: lips, dark opening (a thin line when closed), teeth; smiles curve upward
         smile = _column(a["Smiling"])
@@ -700,9 +747,10 @@ class SynthFaces:
         uw, vw = frame.uv(rows, cols)
         part = img[:, :, rows, cols]
         vm = vw - mouth_v + (3.6 * smile) * uw * uw + 0.015 * smile
-        lip = _ellipse(uw, vm, 0.0, 0.0, mouth_rx + 0.02, open_ry + 0.022, sharp)
+        opening_distance = _ellipse_distance(uw, vm, 0.0, 0.0, mouth_rx, open_ry)
+        lip = _coverage(opening_distance - 0.021, -sharp)  # lips: a band around the opening
         _paint(part, lip, lips)
-        opening = _ellipse(uw, vm, 0.0, 0.0, mouth_rx, open_ry, sharp)
+        opening = _coverage(opening_distance, -sharp)
         _paint(part, opening, np.tile(np.array([[0.22, 0.05, 0.07]], np.float32), (n, 1)))
         teeth = opening * _coverage(-0.25 * open_ry - vm, sharp) * open_
         _paint(part, teeth, np.full((n, 3), 0.9, np.float32))
@@ -711,19 +759,18 @@ class SynthFaces:
         if a["Mustache"].any():
             must_v = mouth_v - open_ry - 0.055
             droop = (1.6 - 2.6 * smile) * uw * uw  # follows the mouth corners
-            mustache = _ellipse(uw, vw - droop, 0.0, must_v, 0.125, 0.03, sharp)
+            mustache = _ellipse(uw, vw - droop, 0.0, must_v, 0.14, 0.038, sharp)
             _paint(part, mustache * _column(a["Mustache"]), facial_hair)
 
         # ---- hair over the head and forehead: a hairline, lowered to a fringe for Bangs
         rows, cols = frame.window("scalp")
         uw, vw = frame.uv(rows, cols)
         part = img[:, :, rows, cols]
-        cap = _ellipse(uw, vw, 0.0, -0.08, _column(rx + 0.05), 0.6, sharp)
+        cap = _ellipse(uw, vw, 0.0, -0.08, _column(rx + 0.05), 0.6, sharp, bounded=False)
         side = _column(np.where(male, 0.8, 1.6))
+        fringe = 0.018 * np.sin(uw * 38.0 + _column(f["bangs_phase"] * 2 * np.pi))  # a ragged edge
         hairline = np.where(
-            _column(a["Bangs"]),
-            brow_v - 0.045 + 0.018 * np.sin(uw * 38.0 + _column(f["bangs_phase"] * 2 * np.pi)) + 0.4 * uw * uw,
-            -0.37 + side * uw * uw,
+            _column(a["Bangs"]), brow_v - 0.045 + fringe + 0.4 * uw * uw, -0.37 + side * uw * uw
         )
         front = cap * _coverage(hairline - vw, sharp) * _column(has_hair)
         _paint(part, front, hair)
@@ -750,8 +797,9 @@ class SynthFaces:
             thickness = 0.014
             rim = _coverage(thickness - np.abs(radius - 1.0) * lens_ry, sharp)
             bar_v = eye_v - 0.02
-            bridge = _coverage(eye_u - lens_rx + 0.01 - au, sharp) * _coverage(0.012 - np.abs(vw - bar_v), sharp)
-            arm = _coverage(au - eye_u - lens_rx + 0.01, sharp) * _coverage(0.012 - np.abs(vw - bar_v), sharp)
+            bar = _coverage(0.012 - np.abs(vw - bar_v), sharp)
+            bridge = _coverage(eye_u - lens_rx + 0.01 - au, sharp) * bar
+            arm = _coverage(au - eye_u - lens_rx + 0.01, sharp) * bar
             arm *= _coverage(_column(rx) + 0.02 - au, sharp)
             _paint(part, np.maximum(np.maximum(rim, bridge), arm) * _column(glasses), frame_colour)
 
@@ -763,7 +811,7 @@ class SynthFaces:
             part = img[:, :, rows, cols]
             brim_v = -0.36
             crown_ry = _column(0.4 + 0.14 * f["hat_height"])
-            crown = _ellipse(uw, vw, 0.0, brim_v, _column(rx + 0.07), crown_ry, sharp)
+            crown = _ellipse(uw, vw, 0.0, brim_v, _column(rx + 0.07), crown_ry, sharp, bounded=False)
             crown *= _coverage(brim_v + 0.02 - vw, sharp)
             brim_rx = _column(rx + 0.1 + 0.2 * f["brim_width"])
             brim = _ellipse(uw, vw, 0.0, brim_v, brim_rx, 0.045, sharp)

@@ -1,11 +1,16 @@
 """Random image transforms applied before every forward pass (transformation robustness).
 
-Every function takes a batch of images (B, H, W, C) and one PRNG key per item (B,) and is vmapped
-over items, so each item draws its own translation / scale / angle: items never share jitter, and an
-item's transform depends only on its own key, not on the rest of the batch.
+Every random transform is per item: item b's translation / scale / angle come from its own key, so
+items never share jitter and an item's transform does not depend on the rest of the batch. Two ways in:
 
-`make_transform` composes them: optional pad, then jitter, scale and rotation, then a crop back to
-the input size, so the network always sees images of the size the targets were computed at.
+- key-based helpers (`jitter`, `random_scale_rotate`, `apply_transforms`): draw and apply at once;
+- draw-based (`sample_draws` then `apply_drawn`): the random numbers (`TransformDraws`) are drawn
+  separately, which lets the render loop draw every step's numbers up front and keep the PRNG out of
+  its compiled step (see jaxface.invert.render).
+
+`TransformConfig` composes them: optional pad, then jitter, then scale/rotate, then a centre crop back
+to the input size, so the network always sees images of the size its targets were computed at.
+`gaussian_blur` is here too; the render loop uses it as a projection every k steps.
 """
 from __future__ import annotations
 

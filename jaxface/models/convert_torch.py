@@ -5,7 +5,7 @@
 
 The user supplies the file (`.pth`/`.pt`/`.bin` torch zip or legacy pickle, read without torch by
 torch_pickle; or `.safetensors`); nothing is downloaded. The result is a nested dict shaped like
-`nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)).to_pure_dict()` of our model: batch-norm running
+`nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))` of our model: batch-norm running
 statistics are part of a pretrained backbone and are converted too.
 
 Per architecture, a table maps our module paths to the reference's module prefixes; array layouts are
@@ -32,7 +32,7 @@ import os
 import pathlib
 from typing import Any, Callable, Iterable, Mapping
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
@@ -52,6 +52,7 @@ class _Target:
     prefix: str
     head: bool = False  # the classifier: dropped unless its shape matches ours
     chw_rows: int = 0  # >0: a dense kernel whose input rows are a flattened (C, chw_rows, chw_rows) map
+    conv1x1: bool = False  # our dense kernel is a 1x1 convolution in the reference (SE blocks)
 
 
 _LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean",
@@ -75,8 +76,8 @@ def _mobilenetv3_table(model, layout: str) -> dict:
         _conv_bn(table, ("blocks", i, "depthwise"), f"{base}.{j}.0", f"{base}.{j}.1")
         j += 1
         if block.se is not None:
-            table[("blocks", i, "se", "fc1")] = _Target(f"{base}.{j}.fc1")
-            table[("blocks", i, "se", "fc2")] = _Target(f"{base}.{j}.fc2")
+            table[("blocks", i, "se", "fc1")] = _Target(f"{base}.{j}.fc1", conv1x1=True)
+            table[("blocks", i, "se", "fc2")] = _Target(f"{base}.{j}.fc2", conv1x1=True)
             j += 1
         _conv_bn(table, ("blocks", i, "project"), f"{base}.{j}.0", f"{base}.{j}.1")
     last = len(model.blocks) + 1
@@ -144,8 +145,8 @@ def _efficientnet_table(model, layout: str) -> dict:
                     _conv_bn(table, ours + ("expand",), f"{base}.{j}.0", f"{base}.{j}.1")
                     j += 1
                 _conv_bn(table, ours + ("depthwise",), f"{base}.{j}.0", f"{base}.{j}.1")
-                table[ours + ("se", "fc1")] = _Target(f"{base}.{j + 1}.fc1")
-                table[ours + ("se", "fc2")] = _Target(f"{base}.{j + 1}.fc2")
+                table[ours + ("se", "fc1")] = _Target(f"{base}.{j + 1}.fc1", conv1x1=True)
+                table[ours + ("se", "fc2")] = _Target(f"{base}.{j + 1}.fc2", conv1x1=True)
                 _conv_bn(table, ours + ("project",), f"{base}.{j + 2}.0", f"{base}.{j + 2}.1")
             else:
                 base = f"blocks.{s}.{b}"
@@ -156,8 +157,8 @@ def _efficientnet_table(model, layout: str) -> dict:
                     _conv_bn(table, ours + ("expand",), f"{base}.conv_pw", f"{base}.bn1")
                     _conv_bn(table, ours + ("depthwise",), f"{base}.conv_dw", f"{base}.bn2")
                     _conv_bn(table, ours + ("project",), f"{base}.conv_pwl", f"{base}.bn3")
-                table[ours + ("se", "fc1")] = _Target(f"{base}.se.conv_reduce")
-                table[ours + ("se", "fc2")] = _Target(f"{base}.se.conv_expand")
+                table[ours + ("se", "fc1")] = _Target(f"{base}.se.conv_reduce", conv1x1=True)
+                table[ours + ("se", "fc2")] = _Target(f"{base}.se.conv_expand", conv1x1=True)
     last = len(model.stages) + 1
     if tv:
         _conv_bn(table, ("head_conv",), f"features.{last}.0", f"features.{last}.1")
@@ -255,11 +256,75 @@ def _convert_leaf(leaf: str, value: np.ndarray, target: _Target, our_shape: tupl
     return value
 
 
+def _abstract_model(arch: str, **kwargs):
+    return registry.abstract_detector(arch, **kwargs)
+
+
+def _check_arch(arch: str, layout: str):
+    if arch not in _ARCHS:
+        raise ConversionError(
+            f"no converter for {arch!r}; convertible architectures are: {', '.join(_ARCHS)}"
+        )
+    table_fn, layouts = _ARCHS[arch]
+    if layout not in layouts:
+        raise ConversionError(f"{arch} converts from layout(s) {', '.join(layouts)}, not {layout!r}")
+    return table_fn
+
+
+def _leaf_names(layout: str) -> dict[str, str]:
+    return dict(_LEAF_NAMES, layer_scale="gamma" if layout == "timm" else "layer_scale")
+
+
+def _reference_shape(leaf: str, our_shape: tuple, target: _Target, layout: str) -> tuple:
+    if leaf == "kernel" and len(our_shape) == 4:
+        kh, kw, cin, cout = our_shape
+        return (cout, cin, kh, kw)
+    if leaf == "kernel" and len(our_shape) == 2:
+        cin, cout = our_shape
+        return (cout, cin, 1, 1) if target.conv1x1 else (cout, cin)
+    if leaf == "layer_scale" and layout == "torchvision":
+        return (our_shape[0], 1, 1)
+    return tuple(our_shape)
+
+
+def expected_state_dict_shapes(arch: str, *, layout: str = "torchvision", width: float = 1.0,
+                               depth: float = 1.0, num_outputs: int = 1000, **model_kwargs) -> dict[str, tuple]:
+    """{reference key: shape} that a `layout` state dict for this model holds (num_batches_tracked aside).
+
+    With num_outputs=1000 this is the key set of the ImageNet checkpoint; useful to check a file before
+    converting it and to test the name tables against the real libraries.
+    """
+    table_fn = _check_arch(arch, layout)
+    model = _abstract_model(arch, num_outputs=num_outputs, width=width, depth=depth, **model_kwargs)
+    table, names = table_fn(model, layout), _leaf_names(layout)
+    shapes = {}
+    for path, abstract in _our_leaves(model).items():
+        target = table[path[:-1]]
+        shapes[f"{target.prefix}.{names[path[-1]]}"] = _reference_shape(path[-1], tuple(abstract.shape), target,
+                                                                        layout)
+    return shapes
+
+
+def _layout_hint(source: Mapping[str, np.ndarray], arch: str, layout: str, **model_kwargs) -> str:
+    """'it looks like a timm state dict' when the file's keys are the other layout's (heads aside)."""
+    for other in _ARCHS[arch][1]:
+        if other == layout:
+            continue
+        expected = expected_state_dict_shapes(arch, layout=other, **model_kwargs)
+        head = next(t.prefix for t in _ARCHS[arch][0](_abstract_model(arch, **model_kwargs), other).values()
+                    if t.head)
+        body = {k for k in expected if not k.startswith(head + ".")}
+        present = {k for k in source if not k.endswith("num_batches_tracked") and not k.startswith(head + ".")}
+        if body == present:
+            return f"it looks like a {other} state dict: pass layout='{other}'"
+    return ""
+
+
 def _our_leaves(model) -> dict[tuple, Any]:
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     leaves = {}
     for path, variable in nnx.to_flat_state(state):
-        value = variable.value if isinstance(variable, nnx.Variable) else variable
+        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
         leaves[tuple(getattr(k, "key", k) for k in path)] = value
     return leaves
 
@@ -287,7 +352,6 @@ def convert_torch_backbone(
     width: float = 1.0,
     depth: float = 1.0,
     num_outputs: int = 1,
-    input_size: int = 224,
     **model_kwargs,
 ) -> tuple[dict, dict]:
     """Convert a torchvision/timm state dict for `arch` into our model's state (nested dict) + metadata.
@@ -295,20 +359,11 @@ def convert_torch_backbone(
     `width`, `depth`, `num_outputs` and `model_kwargs` (e.g. batch_norm=True for vgg16_bn) describe the
     model the state is for, as in registry.build_detector; ImageNet checkpoints are width=depth=1.
     """
-    if arch not in _ARCHS:
-        raise ConversionError(
-            f"no converter for {arch!r}; convertible architectures are: {', '.join(_ARCHS)}"
-        )
-    table_fn, layouts = _ARCHS[arch]
-    if layout not in layouts:
-        raise ConversionError(f"{arch} converts from layout(s) {', '.join(layouts)}, not {layout!r}")
-    model = nnx.eval_shape(lambda: registry.build_detector(
-        arch, input_size=input_size, num_outputs=num_outputs, width=width, depth=depth,
-        rngs=nnx.Rngs(0), **model_kwargs,
-    ))
+    table_fn = _check_arch(arch, layout)
+    model = _abstract_model(arch, num_outputs=num_outputs, width=width, depth=depth, **model_kwargs)
     table = table_fn(model, layout)
     source = read_state_dict(src_path)
-    leaf_names = dict(_LEAF_NAMES, layer_scale="gamma" if layout == "timm" else "layer_scale")
+    leaf_names = _leaf_names(layout)
 
     converted: dict[tuple, np.ndarray] = {}
     consumed: set[str] = set()
@@ -350,10 +405,12 @@ def convert_torch_backbone(
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_few(mismatched, 3)}")
     if problems:
+        problems.append(_layout_hint(source, arch, layout, width=width, depth=depth, num_outputs=num_outputs,
+                                     **model_kwargs))
         raise ConversionError(
             f"{src_path} is not a {layout} {arch} state dict for this model (width={width}, depth={depth}"
             f"{', ' + ', '.join(f'{k}={v}' for k, v in model_kwargs.items()) if model_kwargs else ''}): "
-            + "; ".join(problems)
+            + "; ".join(p for p in problems if p)
             + ". Check the architecture name, the layout (torchvision or timm) and the width/depth the "
               "checkpoint was built with."
         )
@@ -404,7 +461,7 @@ def load_state(model: nnx.Module, state: Mapping, *, skip_prefixes: Iterable[str
 
     walk(state, ())
     target = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    pure = target.to_pure_dict()
+    pure = nnx.to_pure_dict(target)
     loaded, missing, mismatched, model_names = [], [], [], set()
     for path, variable in nnx.to_flat_state(target):
         keys = tuple(getattr(k, "key", k) for k in path)
@@ -415,7 +472,7 @@ def load_state(model: nnx.Module, state: Mapping, *, skip_prefixes: Iterable[str
         if name not in flat_in:
             missing.append(name)
             continue
-        old = variable.value if isinstance(variable, nnx.Variable) else variable
+        old = variable.get_value() if isinstance(variable, nnx.Variable) else variable
         new = np.asarray(flat_in[name])
         if new.shape != tuple(old.shape):
             mismatched.append(f"{name}: {new.shape} vs model {tuple(old.shape)}")
@@ -423,7 +480,7 @@ def load_state(model: nnx.Module, state: Mapping, *, skip_prefixes: Iterable[str
         node = pure
         for key in keys[:-1]:
             node = node[key]
-        node[keys[-1]] = jnp.asarray(new, old.dtype)
+        node[keys[-1]] = jax.device_put(np.asarray(new, dtype=old.dtype))  # no per-shape compile
         loaded.append(name)
     extra = sorted(n for n in flat_in if n not in model_names and not skipped(n))
     if missing or mismatched or extra:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxface.models import layers as L
@@ -31,10 +31,10 @@ class ConvNeXtBlock(nnx.Module):
     def __init__(self, dim: int, *, layer_scale: float, drop_rate: float, rngs: nnx.Rngs):
         init = L.trunc_normal(0.02)
         self.dwconv = L.conv2d(dim, dim, 7, groups=dim, use_bias=True, kernel_init=init, rngs=rngs)
-        self.norm = nnx.LayerNorm(dim, epsilon=LN_EPS, rngs=rngs)
-        self.fc1 = nnx.Linear(dim, 4 * dim, kernel_init=init, rngs=rngs)
-        self.fc2 = nnx.Linear(4 * dim, dim, kernel_init=init, rngs=rngs)
-        self.layer_scale = nnx.Param(jnp.full((dim,), layer_scale, jnp.float32))
+        self.norm = L.layer_norm(dim, eps=LN_EPS, rngs=rngs)
+        self.fc1 = L.linear(dim, 4 * dim, kernel_init=init, rngs=rngs)
+        self.fc2 = L.linear(4 * dim, dim, kernel_init=init, rngs=rngs)
+        self.layer_scale = nnx.Param(L.host_array(np.full((dim,), layer_scale)))
         self.drop_path = L.stochastic_depth(drop_rate, rngs)
 
     def __call__(self, x, *, train: bool = False):
@@ -45,7 +45,7 @@ class ConvNeXtBlock(nnx.Module):
 
 class Downsample(nnx.Module):
     def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs):
-        self.norm = nnx.LayerNorm(in_dim, epsilon=LN_EPS, rngs=rngs)
+        self.norm = L.layer_norm(in_dim, eps=LN_EPS, rngs=rngs)
         self.conv = L.conv2d(in_dim, out_dim, 2, stride=2, padding="VALID", use_bias=True,
                              kernel_init=L.trunc_normal(0.02), rngs=rngs)
 
@@ -54,13 +54,12 @@ class Downsample(nnx.Module):
 
 
 class ConvNeXtStage(nnx.Module):
-    def __init__(self, in_dim: int, dim: int, num_blocks: int, drop_rates: Sequence[float], *,
+    def __init__(self, in_dim: int | None, dim: int, drop_rates: Sequence[float], *,
                  layer_scale: float, rngs: nnx.Rngs):
         self.downsample = Downsample(in_dim, dim, rngs=rngs) if in_dim is not None else None
         self.blocks = nnx.List([
             ConvNeXtBlock(dim, layer_scale=layer_scale, drop_rate=rate, rngs=rngs) for rate in drop_rates
         ])
-        assert len(drop_rates) == num_blocks
 
     def __call__(self, x, *, train: bool = False):
         if self.downsample is not None:
@@ -110,17 +109,17 @@ class ConvNeXt(L.Detector):
 
         self.stem_conv = L.conv2d(3, dims[0], 4, stride=4, padding="VALID", use_bias=True,
                                   kernel_init=L.trunc_normal(0.02), rngs=rngs)
-        self.stem_norm = nnx.LayerNorm(dims[0], epsilon=LN_EPS, rngs=rngs)
+        self.stem_norm = L.layer_norm(dims[0], eps=LN_EPS, rngs=rngs)
         stages, start = [], 0
         for index, (dim, num_blocks) in enumerate(zip(dims, depths)):
             stages.append(ConvNeXtStage(
-                dims[index - 1] if index > 0 else None, dim, num_blocks, rates[start:start + num_blocks],
+                dims[index - 1] if index > 0 else None, dim, rates[start:start + num_blocks],
                 layer_scale=layer_scale, rngs=rngs,
             ))
             start += num_blocks
         self.stages = nnx.List(stages)
         self.feature_dim = dims[-1]
-        self.head_norm = nnx.LayerNorm(self.feature_dim, epsilon=LN_EPS, rngs=rngs)
+        self.head_norm = L.layer_norm(self.feature_dim, eps=LN_EPS, rngs=rngs)
         self.head_dropout, self.head = L.make_head(self.feature_dim, self.num_outputs, self.dropout_rate,
                                                    L.trunc_normal(0.02), rngs)
 

@@ -67,6 +67,21 @@ COMPOUND_COEFFICIENTS = {
 }
 
 
+def stage_plan(variant: str, *, width: float = 1.0, depth: float = 1.0, stages: Sequence[StageSpec] | None = None):
+    """(stem width, stage specs with scaled block counts, stage output widths, head width) of a level.
+
+    Widths are the B0 widths times the level's width coefficient times `width`, rounded to multiples of 8
+    (never below 90%); block counts are ceil(n * depth coefficient * depth); the head is 4x the last
+    stage's width (1280 for B0), all as in torchvision.
+    """
+    coeff = COMPOUND_COEFFICIENTS[variant]
+    width_mult, depth_mult = coeff.width * width, coeff.depth * depth
+    if stages is None:
+        stages = tuple(dataclasses.replace(s, num_blocks=L.scale_depth(s.num_blocks, depth_mult)) for s in B0_STAGES)
+    stage_channels = tuple(L.make_divisible(s.out * width_mult, 8) for s in stages)
+    return L.make_divisible(STEM_CHANNELS * width_mult, 8), tuple(stages), stage_channels, 4 * stage_channels[-1]
+
+
 class MBConv(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, expand_ratio: int, kernel: int, stride: int, *,
                  drop_rate: float, bn_eps: float, bn_momentum: float, rngs: nnx.Rngs):
@@ -116,28 +131,21 @@ class EfficientNet(L.Detector):
         self.dropout_rate = L.check_rate("dropout", coeff.dropout if dropout is None else dropout)
         self.stochastic_depth = L.check_rate("stochastic_depth", stochastic_depth)
         self.input_norm = L.InputNormalization.create(input_mean, input_std)
-        width_mult = coeff.width * self.width
-        depth_mult = coeff.depth * self.depth
-        if stages is None:
-            stages = tuple(dataclasses.replace(s, num_blocks=L.scale_depth(s.num_blocks, depth_mult))
-                           for s in B0_STAGES)
-        else:
+        if stages is not None:
             stages = tuple(stages)
             if not stages or not all(isinstance(s, StageSpec) for s in stages):
                 raise L.BackboneConfigError("stages must be a non-empty sequence of efficientnet.StageSpec")
-        self.stage_specs = stages
-
-        def channels(c):
-            return L.make_divisible(c * width_mult, 8)
+        stem_channels, self.stage_specs, stage_channels, head_channels = stage_plan(
+            variant, width=self.width, depth=self.depth, stages=stages
+        )
 
         conv = dict(bn_eps=coeff.bn_eps, bn_momentum=bn_momentum, rngs=rngs)
-        in_channels = channels(STEM_CHANNELS)
+        in_channels = stem_channels
         self.stem = L.ConvBN(3, in_channels, 3, stride=2, activation="silu", **conv)
-        total = sum(s.num_blocks for s in stages)
+        total = sum(s.num_blocks for s in self.stage_specs)
         block_id = 0
         stage_modules = []
-        for spec in stages:
-            out_channels = channels(spec.out)
+        for spec, out_channels in zip(self.stage_specs, stage_channels):
             blocks = []
             for index in range(spec.num_blocks):
                 blocks.append(MBConv(
@@ -149,7 +157,7 @@ class EfficientNet(L.Detector):
                 block_id += 1
             stage_modules.append(nnx.List(blocks))
         self.stages = nnx.List(stage_modules)
-        self.feature_dim = 4 * in_channels
+        self.feature_dim = head_channels
         self.head_conv = L.ConvBN(in_channels, self.feature_dim, 1, activation="silu", **conv)
         # torchvision: U(-1/sqrt(out), 1/sqrt(out)) for the classifier.
         self.head_dropout, self.head = L.make_head(self.feature_dim, self.num_outputs, self.dropout_rate,

@@ -103,31 +103,104 @@ def check_num_outputs(value) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Initialisers matching the reference implementations (they matter when training from scratch).
+#
+# Each draws on the host with numpy when its key is concrete (an eager build): jax compiles every random
+# op once per distinct shape, which made building even a 0.25-width network take tens of seconds on a
+# loaded CPU. Under tracing (nnx.jit / nnx.eval_shape builds) the same distribution is drawn with
+# jax.random. Both paths are deterministic in the key, but they give different values.
 
-def kaiming_fan_out():
-    """torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu') for conv kernels."""
-    return nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+def host_array(value, dtype=np.float32) -> jax.Array:
+    """numpy -> device array without compiling anything.
+
+    Cast on the host and device_put: a device-side cast, and in this jax even jnp.asarray of a numpy
+    array, compiles a small XLA program once per distinct shape (seconds per model on a busy CPU).
+    """
+    return jax.device_put(np.asarray(value, dtype=np.dtype(dtype)))
 
 
-def trunc_normal(std: float = 0.02):
-    return nnx.initializers.truncated_normal(stddev=std, lower=-2.0 / std, upper=2.0 / std)
+def _host_generator(key) -> np.random.Generator | None:
+    if isinstance(key, jax.core.Tracer):
+        return None
+    data = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    return np.random.default_rng([int(v) for v in data.reshape(-1).astype(np.uint32)])
 
 
-def torch_linear_uniform(fan_in: int):
-    """PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(max(1, fan_in))
-    return _uniform(-bound, bound)
-
-
-def _uniform(low: float, high: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, low, high)
+def _initializer(host_fn, jax_fn):
+    def init(key, shape, dtype=jnp.float32, out_sharding=None):
+        shape = tuple(int(d) for d in shape)
+        rng = _host_generator(key)
+        if rng is None:
+            return jax_fn(key, shape, dtype)
+        return host_array(host_fn(rng, shape), dtype)
 
     return init
 
 
+def normal_init(std: float):
+    return _initializer(lambda rng, shape: rng.standard_normal(shape, np.float32) * std,
+                        lambda key, shape, dtype: jax.random.normal(key, shape, dtype) * std)
+
+
 def uniform_init(bound: float):
-    return _uniform(-bound, bound)
+    return _initializer(lambda rng, shape: rng.uniform(-bound, bound, shape).astype(np.float32),
+                        lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound))
+
+
+def _constant(value: float):
+    def init(key, shape, dtype=jnp.float32, out_sharding=None):
+        return host_array(np.full(tuple(int(d) for d in shape), value), dtype)
+
+    return init
+
+
+zeros_init = _constant(0.0)
+ones_init = _constant(1.0)
+
+
+def _fans(shape) -> tuple[int, int]:
+    # flax layout: (..receptive field.., in, out); the same fans as torch's (out, in, ..rf..).
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def kaiming_fan_out():
+    """torchvision's kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out)."""
+    def host(rng, shape):
+        return rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / _fans(shape)[1])
+
+    def traced(key, shape, dtype):
+        return jax.random.normal(key, shape, dtype) * np.sqrt(2.0 / _fans(shape)[1])
+
+    return _initializer(host, traced)
+
+
+def trunc_normal(std: float = 0.02):
+    """timm/torchvision trunc_normal_(std=std): N(0, std^2) cut at +-2 (absolute, so +-2/std sigmas)."""
+    def host(rng, shape):
+        return np.clip(rng.standard_normal(shape, np.float32) * std, -2.0, 2.0)
+
+    def traced(key, shape, dtype):
+        return jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, dtype) * std
+
+    return _initializer(host, traced)
+
+
+def torch_linear_uniform(fan_in: int):
+    """PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return uniform_init(1.0 / math.sqrt(max(1, fan_in)))
+
+
+def batch_norm(num_features: int, *, eps: float, momentum: float, rngs: nnx.Rngs, **kwargs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(num_features, epsilon=eps, momentum=momentum, scale_init=ones_init, bias_init=zeros_init,
+                         rngs=rngs, **kwargs)
+
+
+def layer_norm(num_features: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(num_features, epsilon=eps, scale_init=ones_init, bias_init=zeros_init, rngs=rngs)
+
+
+def linear(in_features: int, out_features: int, *, kernel_init, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(in_features, out_features, kernel_init=kernel_init, bias_init=zeros_init, rngs=rngs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,6 +233,7 @@ def conv2d(
         feature_group_count=groups,
         use_bias=use_bias,
         kernel_init=kernel_init or kaiming_fan_out(),
+        bias_init=zeros_init,
         rngs=rngs,
     )
 
@@ -186,7 +260,7 @@ class ConvBN(nnx.Module):
         self.conv = conv2d(
             in_channels, out_channels, kernel_size, stride=stride, groups=groups, kernel_init=kernel_init, rngs=rngs
         )
-        self.bn = nnx.BatchNorm(out_channels, epsilon=bn_eps, momentum=bn_momentum, rngs=rngs)
+        self.bn = batch_norm(out_channels, eps=bn_eps, momentum=bn_momentum, rngs=rngs)
 
     def __call__(self, x, *, train: bool = False):
         return self._act(self.bn(self.conv(x), use_running_average=not train))
@@ -212,9 +286,9 @@ class SqueezeExcite(nnx.Module):
         self._act = get_activation(activation)
         self._gate = get_activation(gate)
         # torchvision initialises these 1x1 convs like every other conv (kaiming, fan_out).
-        init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-        self.fc1 = nnx.Linear(channels, squeeze_channels, kernel_init=init, rngs=rngs)
-        self.fc2 = nnx.Linear(squeeze_channels, channels, kernel_init=init, rngs=rngs)
+        # As 1x1 convs their fan_out is their output width, the same as for a dense kernel (in, out).
+        self.fc1 = linear(channels, squeeze_channels, kernel_init=kaiming_fan_out(), rngs=rngs)
+        self.fc2 = linear(squeeze_channels, channels, kernel_init=kaiming_fan_out(), rngs=rngs)
 
     def __call__(self, x):
         scale = jnp.mean(x, axis=(1, 2))
@@ -320,7 +394,7 @@ class Detector(nnx.Module):
 
 def make_head(feature_dim: int, num_outputs: int, dropout: float, kernel_init, rngs: nnx.Rngs):
     """Dropout + the fresh real/fake (or class) layer."""
-    return nnx.Dropout(dropout, rngs=rngs), nnx.Linear(feature_dim, num_outputs, kernel_init=kernel_init, rngs=rngs)
+    return nnx.Dropout(dropout, rngs=rngs), linear(feature_dim, num_outputs, kernel_init=kernel_init, rngs=rngs)
 
 
 def count_params(model_or_state) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxface.models import layers as L
@@ -153,8 +152,8 @@ class MobileNetV3(L.Detector):
         last_channels = 6 * in_channels
         self.last_conv = L.ConvBN(in_channels, last_channels, 1, activation="hard_swish", **conv)
         self.feature_dim = channels(pre_logits_base)
-        linear_init = nnx.initializers.normal(0.01)  # torchvision: nn.init.normal_(w, 0, 0.01), zero bias
-        self.pre_logits = nnx.Linear(last_channels, self.feature_dim, kernel_init=linear_init, rngs=rngs)
+        linear_init = L.normal_init(0.01)  # torchvision: nn.init.normal_(w, 0, 0.01), zero bias
+        self.pre_logits = L.linear(last_channels, self.feature_dim, kernel_init=linear_init, rngs=rngs)
         self.head_dropout, self.head = L.make_head(self.feature_dim, self.num_outputs, self.dropout_rate,
                                                    linear_init, rngs)
 

@@ -13,6 +13,7 @@ architecture-specific options (e.g. `batch_norm` for VGG, `stochastic_depth`, ex
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from typing import Callable
 
@@ -107,3 +108,32 @@ def build_detector(
     model.input_size = input_size
     model.name = name
     return model
+
+
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_cached(name: str, frozen: tuple):
+    kwargs = dict(frozen)
+    return nnx.eval_shape(lambda: build_detector(name, rngs=nnx.Rngs(0), **kwargs))
+
+
+def abstract_detector(name: str, *, input_size: int = 224, **kwargs) -> nnx.Module:
+    """build_detector with shapes only (jax.ShapeDtypeStruct leaves, nothing allocated), cached.
+
+    For parameter counts, weight-file checks and sharding plans; building even an abstract full-size
+    network takes a second or more, so equal requests share one instance (treat it as read-only).
+    """
+    kwargs["input_size"] = input_size
+    for option, default in (("num_outputs", 1), ("width", 1.0), ("depth", 1.0), ("dropout", 0.2)):
+        kwargs.setdefault(option, default)  # equal requests share a cache entry however they are spelled
+    try:
+        return _abstract_cached(name, _freeze(kwargs))
+    except TypeError:  # an unhashable option value (e.g. a custom spec object): no caching
+        return nnx.eval_shape(lambda: build_detector(name, rngs=nnx.Rngs(0), **kwargs))

@@ -173,10 +173,9 @@ class SpectrumDetector(nnx.Module):
         self.dropout_rate = L.check_rate("dropout", dropout)
         self.feature_dim = n_bins
         # Feature standardisation as running statistics (BatchStat): updated in train mode, set by fit().
-        self.standardize = nnx.BatchNorm(n_bins, use_bias=False, use_scale=False, epsilon=1e-6, momentum=0.9,
-                                         rngs=rngs)
+        self.standardize = L.batch_norm(n_bins, use_bias=False, use_scale=False, eps=1e-6, momentum=0.9, rngs=rngs)
         self.head_dropout, self.head = L.make_head(n_bins, self.num_outputs, self.dropout_rate,
-                                                   nnx.initializers.zeros_init(), rngs)
+                                                   L.zeros_init, rngs)
 
     def profile(self, x):
         """The raw radial profile (B, n_bins)."""

@@ -156,7 +156,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 return _rebuild_tensor_v3
             if name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
                 return _rebuild_parameter
-        if module == "torch" and name in _STORAGE_DTYPES:
+        if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:  # a GPU save is read to CPU
             return _StorageType(name)
         if module == "torch" and name in _TORCH_DTYPES:
             return _TORCH_DTYPES[name]

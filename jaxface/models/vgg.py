@@ -40,7 +40,7 @@ class VGGConv(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, *, batch_norm: bool, bn_momentum: float,
                  rngs: nnx.Rngs):
         self.conv = L.conv2d(in_channels, out_channels, 3, use_bias=True, rngs=rngs)
-        self.bn = nnx.BatchNorm(out_channels, epsilon=BN_EPS, momentum=bn_momentum, rngs=rngs) if batch_norm else None
+        self.bn = L.batch_norm(out_channels, eps=BN_EPS, momentum=bn_momentum, rngs=rngs) if batch_norm else None
 
     def __call__(self, x, *, train: bool = False):
         x = self.conv(x)
@@ -97,12 +97,12 @@ class VGG(L.Detector):
                                      rngs=rngs))
                 in_channels = value
         self.convs = nnx.List(convs)
-        linear_init = nnx.initializers.normal(0.01)  # torchvision: normal(0, 0.01), zero bias
+        linear_init = L.normal_init(0.01)  # torchvision: normal(0, 0.01), zero bias
         if classifier == "fc":
             fc_width = max(1, int(round(FC_WIDTH * self.width)))
-            self.fc6 = nnx.Linear(in_channels * POOLED_SIZE ** 2, fc_width, kernel_init=linear_init, rngs=rngs)
+            self.fc6 = L.linear(in_channels * POOLED_SIZE ** 2, fc_width, kernel_init=linear_init, rngs=rngs)
             self.fc6_dropout = nnx.Dropout(self.dropout_rate, rngs=rngs)
-            self.fc7 = nnx.Linear(fc_width, fc_width, kernel_init=linear_init, rngs=rngs)
+            self.fc7 = L.linear(fc_width, fc_width, kernel_init=linear_init, rngs=rngs)
             self.feature_dim = fc_width
         else:
             self.fc6 = self.fc6_dropout = self.fc7 = None

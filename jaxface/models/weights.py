@@ -162,6 +162,12 @@ def save_weights(
                     f"{directory} already exists and is not empty; choose another destination or "
                     f"pass overwrite=True (--overwrite) to replace it"
                 )
+            if not ((directory / METADATA_FILE).exists() or (directory / PARAMS_DIR).exists()):
+                # Never delete a directory that is not a weight directory (a typo'd destination).
+                raise WeightsError(
+                    f"{directory} is not empty and is not a jaxface weight directory; refusing to "
+                    f"replace it even with overwrite=True"
+                )
             if jax.process_index() == 0:
                 shutil.rmtree(directory)
     if jax.process_index() == 0:

@@ -17,6 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from jaxface.train.optim import path_to_str
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -83,20 +85,20 @@ def _check_shapes(mngr, step: int, item: str, target) -> None:
         return
     if stored is None:
         return
-    flat_target = dict(jax.tree_util.tree_flatten_with_path(target)[0])
-    flat_stored = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
-    for path, t in flat_target.items():
-        s = flat_stored.get(path)
+    # Keyed by path text: lists in the model come back from storage as dicts with "0", "1", ... keys.
+    flat_target = {path_to_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+    flat_stored = {path_to_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    for name, t in flat_target.items():
+        s = flat_stored.get(name)
         if s is None or not hasattr(s, "shape"):
             continue
         if tuple(s.shape) != tuple(np.shape(t)):
-            name = jax.tree_util.keystr(path)
             raise CheckpointError(
-                f"checkpoint step {step} in {mngr.directory} holds {item}{name} with shape "
+                f"checkpoint step {step} in {mngr.directory} holds {item}/{name} with shape "
                 f"{tuple(s.shape)} but the model has {tuple(np.shape(t))}: the model config (width, "
                 f"input_size, schema) differs from the run that wrote it; use its config.json"
             )
-    missing = [jax.tree_util.keystr(p) for p in flat_target if p not in flat_stored]
+    missing = [p for p in flat_target if p not in flat_stored]
     if missing:
         raise CheckpointError(
             f"checkpoint step {step} in {mngr.directory} lacks {item} entries such as {missing[:3]}: "
