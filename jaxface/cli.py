@@ -95,12 +95,18 @@ def cmd_train(argv):
 
 
 def cmd_evaluate(argv):
-    """Evaluate the latest checkpoint in WORKDIR on the test split; writes WORKDIR/eval/."""
+    """Evaluate the latest checkpoint in WORKDIR on the test split (or another folder); writes WORKDIR/eval/."""
     from jaxface.train import trainer
 
     config = _config()
     workdir = pathlib.Path(FLAGS.workdir)
-    result = trainer.evaluate_command(config, workdir, split=FLAGS.split)
+    if FLAGS.data_root:
+        from jaxface.evaluate import detection
+
+        out_dir = workdir / "eval" / ("cross_" + pathlib.Path(FLAGS.data_root).resolve().name)
+        result = detection.evaluate_on_folder(workdir, FLAGS.data_root, out_dir)
+    else:
+        result = trainer.evaluate_command(config, workdir, split=FLAGS.split)
     print(result["text"])
     _print_outputs(result["outputs"])
 
@@ -122,8 +128,7 @@ def cmd_convert_weights(argv):
 
         if not FLAGS.arch:
             raise UsageError("--format=torchvision/timm needs --arch (e.g. mobilenetv3_large)")
-        summary = convert_torch.convert_weights_command(src, dst, arch=FLAGS.arch, layout=fmt,
-                                                        overwrite=FLAGS.overwrite)
+        summary = convert_torch.convert_and_save(src, dst, FLAGS.arch, layout=fmt, overwrite=FLAGS.overwrite)
     else:
         raise UsageError(
             f"unknown --format={fmt!r}; valid: vggface-mat, vggface-pth, vggface (auto), torchvision, timm"
@@ -131,6 +136,41 @@ def cmd_convert_weights(argv):
     for k, v in summary.items():
         print(f"{k}: {v}")
     print(f"wrote {dst}")
+
+
+def cmd_bench(argv):
+    """Benchmark suites (train, inversion, cgmm, data, all): prints a table, writes JSON records."""
+    from jaxface import files
+    from jaxface.bench import suites
+
+    import os
+
+    cache = os.environ.get("JAXFACE_COMPILATION_CACHE", "")
+    if cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cache)
+    records = suites.run(FLAGS.suite, quick=FLAGS.quick)
+    out = FLAGS.out or "bench.json"
+    files.write_json(out, records)
+    print(f"wrote {out} ({len(records)} records)")
+
+
+def cmd_predict(argv):
+    """Detect deepfakes in image files or folders with the detector trained in WORKDIR (JSON lines)."""
+    import json
+
+    from jaxface.evaluate import predict
+
+    paths = argv[1:]
+    if not paths:
+        raise UsageError("usage: jaxface predict --workdir=W PATH [PATH ...] [--output=FILE.csv]")
+    result = predict.predict_command(pathlib.Path(FLAGS.workdir), paths, output_csv=FLAGS.output,
+                                     batch_size=FLAGS.batch_size)
+    for record in result["records"]:
+        print(json.dumps(record))
+    for p in result["outputs"]:
+        print(f"wrote {p}", file=sys.stderr)
 
 
 def cmd_demo(argv):
@@ -152,6 +192,20 @@ def _flags_train():
 def _flags_evaluate():
     _define_common(config_required=False)
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
+    flags.DEFINE_string("data_root", None, "Evaluate a trained detector on another real/fake folder "
+                        "(ROOT/real/**, ROOT/fake/**): cross-dataset evaluation.")
+
+
+def _flags_bench():
+    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | all")
+    flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
+    flags.DEFINE_boolean("quick", False, "Smaller cases (a smoke run).")
+
+
+def _flags_predict():
+    flags.DEFINE_string("workdir", None, "Workdir of a trained detector.", required=True)
+    flags.DEFINE_string("output", None, "Also write a CSV table (path,label,p_fake,error).")
+    flags.DEFINE_integer("batch_size", 64, "Images per jitted inference call.")
 
 
 def _flags_convert():
@@ -170,7 +224,9 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "data": (cmd_data.__doc__, _flags_data, cmd_data),
     "train": (cmd_train.__doc__, _flags_train, cmd_train),
     "evaluate": (cmd_evaluate.__doc__, _flags_evaluate, cmd_evaluate),
+    "predict": (cmd_predict.__doc__, _flags_predict, cmd_predict),
     "convert-weights": (cmd_convert_weights.__doc__, _flags_convert, cmd_convert_weights),
+    "bench": (cmd_bench.__doc__, _flags_bench, cmd_bench),
     "demo": (cmd_demo.__doc__, _flags_demo, cmd_demo),
 }
 

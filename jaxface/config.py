@@ -21,12 +21,16 @@ def config_path(path: str | pathlib.Path) -> pathlib.Path:
 
 
 def load_config(path: str | pathlib.Path, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
-    """get_config() of a config file, with dotted-key overrides such as {'data.num_train': 100}."""
+    """get_config() of a config file, with dotted-key overrides such as {'data.num_train': 100}.
+
+    `path` may end in ':ARG' (as on the command line), which is passed to get_config(ARG).
+    """
+    path, _, arg = str(path).partition(":")
     p = config_path(path)
     spec = importlib.util.spec_from_file_location(f"jaxface_config_{p.stem}", p)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config(arg) if arg else module.get_config()
     for key, value in (overrides or {}).items():
         node = config
         *parents, leaf = key.split(".")

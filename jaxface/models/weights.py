@@ -251,7 +251,7 @@ def restore_into(
     skip_prefixes: Iterable[str] = (),
     strict: bool = True,
 ) -> list[str]:
-    """Copy the file's arrays into the model's nnx.Param variables; returns the loaded paths.
+    """Copy the file's arrays into the model's nnx.Param and nnx.BatchStat variables; returns the loaded paths.
 
     Paths are '/'-joined state paths such as 'conv1_1/kernel' or 'heads/heads/0/bias'. Parameters under
     `skip_prefixes` (e.g. 'heads') are ignored on both sides. Any shape mismatch raises one
@@ -264,7 +264,7 @@ def restore_into(
     file_state, metadata = load_weights(directory)
     file_flat = {k: v for k, v in flatten_state(file_state).items() if not _skipped(k, prefixes)}
 
-    params = nnx.state(model, nnx.Param)
+    params = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     model_paths: dict[str, tuple] = {}
     model_values: dict[str, Any] = {}
     for path, variable in nnx.to_flat_state(params):

@@ -1,0 +1,55 @@
+"""The `jaxface` command as a user runs it: help, the data command, and one-line user errors."""
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "jaxface", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_lists_every_command():
+    out = _run("--help")
+    assert out.returncode == 0
+    for command in ("data", "train", "evaluate", "predict", "convert-weights", "bench", "demo"):
+        assert f"  {command} " in out.stdout
+
+
+def test_unknown_command_is_one_line():
+    out = _run("trian")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: unknown command 'trian'; valid commands: "
+                                  "data, train, evaluate, predict, convert-weights, bench, demo")
+
+
+def test_data_command_writes_config_summary_and_plots(tmp_path):
+    out = _run("data", "--config=configs/attributes/synthfaces_tiny.py", f"--workdir={tmp_path}",
+               "--config.data.num_train=300", "--config.data.num_val=20", "--config.data.num_test=40",
+               "--config.data.image_size=48", cwd=tmp_path)  # config path resolved from any directory
+    assert out.returncode == 0, out.stderr
+    assert "train 300, val 20, test 40" in out.stdout
+    assert "Black Hair" in out.stdout
+    for name in ("config.json", "data/preview.png", "data/attribute_rates.png", "data/summary.json"):
+        assert f"wrote {tmp_path / name}" in out.stdout
+        assert (tmp_path / name).stat().st_size > 0
+    resolved = json.loads((tmp_path / "config.json").read_text())
+    assert resolved["data"]["image_size"] == 48 and resolved["data"]["num_train"] == 300
+
+
+def test_user_errors_are_one_clear_line(tmp_path):
+    missing = _run("data", "--config=configs/attributes/missing.py", f"--workdir={tmp_path}")
+    assert missing.returncode == 2 and "config file 'configs/attributes/missing.py' not found" in missing.stderr
+    bad_source = _run("data", "--config=configs/attributes/synthfaces_tiny.py", f"--workdir={tmp_path}",
+                      "--config.data.source=imagenet")
+    assert bad_source.returncode == 2
+    assert "error: unknown data.source 'imagenet'; valid sources: synthfaces" in bad_source.stderr
+    assert "Traceback" not in bad_source.stderr
+    no_root = _run("data", "--config=configs/attributes/synthfaces_tiny.py", f"--workdir={tmp_path}",
+                   "--config.data.source=celeba", f"--config.data.root={tmp_path / 'nowhere'}")
+    assert no_root.returncode == 2 and "nowhere" in no_root.stderr and "Traceback" not in no_root.stderr
+    no_ckpt = _run("evaluate", f"--workdir={tmp_path}")
+    assert no_ckpt.returncode == 2 and "run `jaxface train` first" in no_ckpt.stderr
