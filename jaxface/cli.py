@@ -58,6 +58,10 @@ def _save_config(config, workdir) -> pathlib.Path:
 
 
 def _print_outputs(paths):
+    from jaxface import parallel
+
+    if not parallel.is_main_process():  # only process 0 writes files
+        return
     for p in paths:
         print(f"wrote {p}")
 
@@ -280,6 +284,10 @@ def run(argv: list[str] | None = None):
     def main(rest):
         logging.set_verbosity(logging.WARNING)
         try:
+            from jaxface import parallel
+
+            # Before anything touches a device: a multi-process launch must initialise first.
+            parallel.maybe_initialize_distributed(FLAGS["config"].value if "config" in FLAGS else None)
             fn(rest)
         except Exception as err:  # noqa: BLE001 - user mistakes become one line; bugs keep their trace
             if _is_user_error(err):

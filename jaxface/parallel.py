@@ -28,11 +28,17 @@ def maybe_initialize_distributed(config: Any = None) -> None:
     if not enabled or jax.distributed.is_initialized():
         return
     kwargs = {}
-    if dist is not None:
-        for key in ("coordinator_address", "num_processes", "process_id"):
-            value = getattr(dist, key, None)
-            if value not in (None, "", -1):
-                kwargs[key] = value
+    # launch/local/run.sh sets these; on TPU VMs jax discovers the topology by itself.
+    env = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
+           "process_id": "JAX_PROCESS_ID"}
+    for key, var in env.items():
+        value = getattr(dist, key, None) if dist is not None else None
+        if value in (None, "", -1) and os.environ.get(var):
+            value = os.environ[var] if key == "coordinator_address" else int(os.environ[var])
+        if value not in (None, "", -1, "auto"):  # "auto": let jax discover (TPU VMs)
+            kwargs[key] = value
+    if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 

@@ -103,20 +103,72 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 9) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------ setup
-def _feature_model(config: Config):
-    """(apply_fn, state) of VGG-Face up to config.layer, random weights (speed does not depend on them)."""
-    from flax import nnx
+_VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+_VGGFACE_MEAN_RGB = (129.1863, 104.7624, 93.5940)
 
-    from jaxface.invert.render import nnx_model_fn
-    from jaxface.models.vggface import VGGFace
 
-    model = VGGFace(head_sizes=None, width=config.width, input_size=config.resolution, rngs=nnx.Rngs(0))
-    layer = config.layer
+@dataclasses.dataclass(frozen=True)
+class BuiltinVGG16:
+    """apply(params, images) -> activations of `layer`: a plain VGG-16 conv stack, VGG-Face topology and
+    preprocessing, in NHWC or NCHW. For sizes that jaxface.models.vggface does not take (it needs a
+    multiple of 32 for its fc layers, conv taps need only 16) and for layout experiments."""
 
-    def features(module, images):
-        return module.activations(images, [layer])[layer]
+    layer: str = "conv5_3"
+    layout: str = "NHWC"
 
-    return nnx_model_fn(model, features)
+    def init(self, width: float, key: jax.Array) -> list:
+        params, cin = [], 3
+        for _, n_conv, base in _VGG16_BLOCKS:
+            cout = max(1, int(round(base * width)))
+            for _ in range(n_conv):
+                key, k = jax.random.split(key)
+                w = jax.random.normal(k, (3, 3, cin, cout), jnp.float32) * np.sqrt(2.0 / (9 * cin))
+                params.append((w, jnp.zeros((cout,), jnp.float32)))
+                cin = cout
+        return params
+
+    def __call__(self, params: list, images: jax.Array) -> jax.Array:
+        x = images * 255.0 - jnp.asarray(_VGGFACE_MEAN_RGB, jnp.float32)
+        if self.layout == "NCHW":
+            x = jnp.transpose(x, (0, 3, 1, 2))
+        dims = (self.layout, "HWIO", self.layout)
+        window = (1, 2, 2, 1) if self.layout == "NHWC" else (1, 1, 2, 2)
+        index = 0
+        for block, n_conv, _ in _VGG16_BLOCKS:
+            for i in range(1, n_conv + 1):
+                w, b = params[index]
+                index += 1
+                x = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
+                x = jax.nn.relu(x + (b if self.layout == "NHWC" else b[:, None, None]))
+                if f"conv{block}_{i}" == self.layer:
+                    return x if self.layout == "NHWC" else jnp.transpose(x, (0, 2, 3, 1))
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+        raise ValueError(f"BuiltinVGG16 has no conv layer {self.layer!r}")
+
+
+def _feature_model(config: Config, model: str = "auto", layout: str = "NHWC"):
+    """(apply_fn, state, model name) of VGG-16 up to config.layer, random weights (speed does not
+    depend on them): jaxface.models.vggface.VGGFace when it accepts the size, else BuiltinVGG16."""
+    if model in ("auto", "vggface") and layout == "NHWC":
+        from flax import nnx
+
+        from jaxface.invert.render import nnx_model_fn
+        from jaxface.models.vggface import VGGFace
+
+        try:
+            vgg = VGGFace(head_sizes=None, width=config.width, input_size=config.resolution, rngs=nnx.Rngs(0))
+        except ValueError:
+            if model == "vggface":
+                raise
+        else:
+            layer = config.layer
+
+            def features(module, images):
+                return module.activations(images, [layer])[layer]
+
+            return (*nnx_model_fn(vgg, features), "vggface")
+    builtin = BuiltinVGG16(config.layer, layout)
+    return builtin, builtin.init(config.width, jax.random.key(0)), f"builtin-vgg16-{layout}"
 
 
 @dataclasses.dataclass
@@ -126,13 +178,17 @@ class Problem:
     inputs: Any
     flops_per_step: float
     single_step_compile_s: float
+    model: str
 
 
-def build_problem(config: Config, *, steps_budget: int, jitter: int = 4, blur_every: int = 4) -> Problem:
+def build_problem(
+    config: Config, *, steps_budget: int, jitter: int = 4, blur_every: int = 4, model: str = "auto",
+    layout: str = "NHWC",
+) -> Problem:
     """The inversion step of `jaxface.invert.render` for `config`, with its inputs ready on device."""
     from jaxface.invert import objectives, param, render, transforms
 
-    apply_fn, model_state = _feature_model(config)
+    apply_fn, model_state, model_name = _feature_model(config, model, layout)
     images = jax.random.uniform(jax.random.key(1), (config.batch, config.resolution, config.resolution, 3))
     targets = jax.jit(apply_fn)(model_state, images)
     objective = objectives.feature_match() + objectives.regularizers(tv_weight=0.05)
@@ -158,7 +214,7 @@ def build_problem(config: Config, *, steps_budget: int, jitter: int = 4, blur_ev
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
-    return Problem(spec, state, inputs, float(cost.get("flops", float("nan"))), compile_s)
+    return Problem(spec, state, inputs, float(cost.get("flops", float("nan"))), compile_s, model_name)
 
 
 def _runner(problem: Problem, loop: str, chunk: int, scan_unroll: int):
@@ -205,11 +261,13 @@ def bench_config(
     peak_gflops: float,
     peak_gflops_per_cpu_s: float,
     env: dict,
+    model: str = "auto",
+    layout: str = "NHWC",
     log=print,
 ) -> list[dict]:
     """Records for one configuration, one per loop form."""
     steps_budget = chunk * (repeats + 1)
-    problem = build_problem(config, steps_budget=steps_budget)
+    problem = build_problem(config, steps_budget=steps_budget, model=model, layout=layout)
     runners, states, compile_s = {}, {}, {}
     times, cpu_times = {loop: [] for loop in loops}, {loop: [] for loop in loops}
     for loop in loops:
@@ -240,6 +298,7 @@ def bench_config(
                 batch=config.batch,
                 width=config.width,
                 layer=config.layer,
+                model=problem.model,
                 steps=chunk * repeats,
                 chunk=chunk,
                 step_ms=round(step_s[loop] * 1e3, 2),
@@ -274,9 +333,19 @@ def run(
     chunk: int = 10,
     scan_unroll: int = 1,
     repeats: int | None = None,
+    model: str = "auto",
+    layout: str = "NHWC",
     log=print,
 ) -> list[dict]:
-    """Benchmark records (a list of dicts) for the named configurations (default: all)."""
+    """Benchmark records (a list of dicts) for the named configurations (default: all).
+
+    model: 'auto' (jaxface.models.vggface.VGGFace where it accepts the resolution, else the built-in
+    VGG-16 stack), 'vggface' or 'builtin'; layout: 'NHWC' or 'NCHW' (built-in stack only).
+    """
+    if model not in ("auto", "vggface", "builtin"):
+        raise ValueError(f"unknown model {model!r}; valid: auto, vggface, builtin")
+    if layout not in ("NHWC", "NCHW"):
+        raise ValueError(f"unknown layout {layout!r}; valid: NHWC, NCHW")
     names = list(configs or (["tiny"] if quick else list(CONFIGS)))
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -295,14 +364,15 @@ def run(
     for name in names:
         records += bench_config(
             CONFIGS[name], loops=loops, chunk=chunk, scan_unroll=scan_unroll, repeats=repeats,
-            peak_gflops=peak, peak_gflops_per_cpu_s=peak_per_cpu_s, env=env, log=log,
+            peak_gflops=peak, peak_gflops_per_cpu_s=peak_per_cpu_s, env=env, model=model, layout=layout,
+            log=log,
         )
     return records
 
 
 # ------------------------------------------------------------------------------------------ table
 _COLUMNS = (
-    ("name", 8), ("loop", 9), ("resolution", 5), ("batch", 5), ("width", 5), ("step_ms", 9),
+    ("name", 8), ("model", 20), ("loop", 9), ("resolution", 5), ("batch", 5), ("width", 5), ("step_ms", 9),
     ("cpu_ms_per_step", 9),
     ("image_steps_per_s", 10), ("gflops_per_s", 8), ("peak_gflops_per_s", 8), ("fraction_of_peak", 6),
     ("cpu_fraction_of_peak", 8), ("compile_s", 8), ("speedup_vs_python_loop", 8), ("load_average", 6),
@@ -363,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--chunk", type=int, default=10, help="steps per compiled chunk")
     parser.add_argument("--scan-unroll", type=int, default=1, help="unroll= of the scan form")
     parser.add_argument("--repeats", type=int, help="timed chunks per loop form (median reported)")
+    parser.add_argument("--model", default="auto", help="auto | vggface | builtin")
+    parser.add_argument("--layout", default="NHWC", help="NHWC | NCHW (builtin model only)")
     parser.add_argument("--xla-variants", help="';'-separated XLA_FLAGS values to compare (subprocesses)")
     args = parser.parse_args(argv)
     if args.xla_variants:
@@ -375,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             chunk=args.chunk,
             scan_unroll=args.scan_unroll,
             repeats=args.repeats,
+            model=args.model,
+            layout=args.layout,
         )
     print()
     print_table(records)

@@ -48,22 +48,40 @@ def _param_sharding(mesh, config, path_str: str, value) -> NamedSharding:
     return parallel.replicated(mesh)
 
 
-def _shard_state(state, mesh, config):
-    def place(path, x):
-        return jax.device_put(x, _param_sharding(mesh, config, optim.path_to_str(path), x))
-
-    return jax.tree_util.tree_map_with_path(place, state)
+def _state_shardings(abstract_state, mesh, config):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: _param_sharding(mesh, config, optim.path_to_str(p), x), abstract_state)
 
 
-def create_model(task, seed: int) -> nnx.Module:
-    """The task's model, initialised inside one jit: eager threefry initialisers compile one by one
-    and took 15-30 s for a small VGG here, a single compiled init takes a few seconds."""
+def _init_sharded(make_state, mesh, config, *args):
+    """Runs make_state(*args) -> state pytree under jit with each leaf's sharding as out_sharding.
 
-    @nnx.jit
-    def create():
-        return task.build_model(nnx.Rngs(params=seed, dropout=seed + 1))
+    Creating arrays directly in their global layout is what works across processes (a device_put
+    from one process's device to a mesh spanning several hosts is not allowed), and it compiles all
+    initialisers as one program: eager threefry initialisers compile one by one and took 15-30 s for
+    a small VGG here.
+    """
+    abstract = jax.eval_shape(make_state, *args)
+    return jax.jit(make_state, out_shardings=_state_shardings(abstract, mesh, config))(*args)
 
-    return create()
+
+def create_model(task, seed: int, mesh, config) -> tuple[Any, Any]:
+    """(graphdef, state) of the task's model, initialised from the seed, placed on the mesh."""
+    make = lambda: task.build_model(nnx.Rngs(params=seed, dropout=seed + 1))  # noqa: E731
+    model_def, _ = nnx.split(nnx.eval_shape(make))
+    state = _init_sharded(lambda: nnx.split(make())[1], mesh, config)
+    return model_def, state
+
+
+def create_optimizer(model_def, model_state, tx, trainable, mesh, config) -> tuple[Any, Any]:
+    """(graphdef, state) of an nnx.Optimizer over the trainable parameters, placed on the mesh."""
+
+    def make(state):
+        return nnx.Optimizer(nnx.merge(model_def, state), tx, wrt=trainable)
+
+    opt_def, _ = nnx.split(nnx.eval_shape(make, model_state))
+    opt_state = _init_sharded(lambda st: nnx.split(make(st))[1], mesh, config, model_state)
+    return opt_def, opt_state
 
 
 def build(config, *, mesh=None) -> Setup:
@@ -71,10 +89,8 @@ def build(config, *, mesh=None) -> Setup:
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.mesh_from_config(config) if mesh is None else mesh
     task = tasks.get_task(config)
-    model = create_model(task, int(config.seed))
-    model_def, model_state = nnx.split(model)
-    model_state = _shard_state(model_state, mesh, config)
-    nnx.update(model, model_state)
+    model_def, model_state = create_model(task, int(config.seed), mesh, config)
+    model = nnx.merge(model_def, model_state)
     return Setup(config, task, mesh, model, model_def, model_state)
 
 
@@ -224,17 +240,15 @@ class _Log:
 def train(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     setup = build(config)
-    task, mesh, model = setup.task, setup.mesh, setup.model
+    task, mesh, model, model_def, model_state = (setup.task, setup.mesh, setup.model, setup.model_def,
+                                                 setup.model_state)
     num_steps = int(config.num_train_steps)
     if num_steps < 1:
         raise tasks.TaskConfigError(f"num_train_steps must be at least 1, got {num_steps}")
 
     trainable = optim.trainable_filter(config.get("freeze_below", ""), task.layer_of, task.layer_index)
     tx = optim.build_optimizer(config.optimizer, num_steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=trainable)
-    opt_def, opt_state = nnx.split(optimizer)
-    opt_state = _shard_state(opt_state, mesh, config)
-    model_def, model_state = nnx.split(model)
+    opt_def, opt_state = create_optimizer(model_def, model_state, tx, trainable, mesh, config)
     shardings = (jax.tree.map(lambda x: x.sharding, model_state),
                  jax.tree.map(lambda x: x.sharding, opt_state))
     train_step = make_train_step(task, model_def, opt_def, trainable, shardings)
@@ -254,10 +268,9 @@ def train(config, workdir) -> dict:
     elif config.model.get("init_from", ""):
         from jaxface.models import weights
 
-        nnx.update(model, model_state)
         loaded = weights.restore_into(model, config.model.init_from,
                                       skip_prefixes=task.init_skip_prefixes(), strict=False)
-        model_state = _shard_state(nnx.state(model), mesh, config)
+        model_state = nnx.state(model)
         print(f"initialised {len(loaded)} arrays from {config.model.init_from}")
 
     log = _Log(workdir, num_steps, start)
