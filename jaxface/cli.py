@@ -142,6 +142,31 @@ def cmd_convert_weights(argv):
     print(f"wrote {dst}")
 
 
+def cmd_fit_cgmm(argv):
+    """Fit the cGMM and joint target models on a trained classifier's activations; writes WORKDIR/cgmm/."""
+    from jaxface.cgmm import fit
+
+    # WORKDIR/config.json stays the classifier's; the generation config goes to WORKDIR/cgmm/config.json.
+    config = FLAGS.config
+    if config is None:
+        raise UsageError("--config is required, e.g. --config=configs/generate/synthfaces_tiny.py")
+    result = fit.fit_cgmm_command(config, pathlib.Path(FLAGS.workdir))
+    print(result["text"])
+    _print_outputs(result["outputs"])
+
+
+def cmd_generate(argv):
+    """Generate faces for an attribute set (or --reconstruct an image, or run a --sweep) from WORKDIR."""
+    from jaxface.invert import generate
+
+    result = generate.generate_command(
+        pathlib.Path(FLAGS.workdir), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
+        model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
+        reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name)
+    print(result["text"])
+    _print_outputs(result["outputs"])
+
+
 def cmd_bench(argv):
     """Benchmark suites (train, inversion, cgmm, data, all): prints a table, writes JSON records."""
     from jaxface import files
@@ -200,6 +225,25 @@ def _flags_evaluate():
                         "(ROOT/real/**, ROOT/fake/**): cross-dataset evaluation.")
 
 
+def _flags_fit_cgmm():
+    _define_common(config_required=True)
+
+
+def _flags_generate():
+    flags.DEFINE_string("workdir", None, "Workdir holding the classifier and cgmm/ (jaxface fit-cgmm).",
+                        required=True)
+    flags.DEFINE_string("attributes", None, 'Comma-separated attribute names, e.g. "Male,Black Hair,Smiling".')
+    flags.DEFINE_integer("num", None, "Images to generate (default 8).")
+    flags.DEFINE_enum("mode", "mean", ["mean", "sample"], "Target: weighted means (report) or samples.")
+    flags.DEFINE_enum("model", "cgmm", ["cgmm", "joint"], "Target model: the report's cGMM or the joint model.")
+    flags.DEFINE_enum("method", "invert", ["invert", "classvis"], "Feature inversion or class visualisation.")
+    flags.DEFINE_integer("steps", None, "Optimisation steps (default from the generate config).")
+    flags.DEFINE_integer("seed", 0, "Random seed (noise, jitter, samples).")
+    flags.DEFINE_string("reconstruct", None, "Invert the true activations of this image instead.")
+    flags.DEFINE_string("sweep", None, "JSON file: a list of {attributes, seeds|num, settings}.")
+    flags.DEFINE_string("name", None, "Output folder name under WORKDIR/generate/.")
+
+
 def _flags_bench():
     flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
@@ -228,6 +272,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "data": (cmd_data.__doc__, _flags_data, cmd_data),
     "train": (cmd_train.__doc__, _flags_train, cmd_train),
     "evaluate": (cmd_evaluate.__doc__, _flags_evaluate, cmd_evaluate),
+    "fit-cgmm": (cmd_fit_cgmm.__doc__, _flags_fit_cgmm, cmd_fit_cgmm),
+    "generate": (cmd_generate.__doc__, _flags_generate, cmd_generate),
     "predict": (cmd_predict.__doc__, _flags_predict, cmd_predict),
     "convert-weights": (cmd_convert_weights.__doc__, _flags_convert, cmd_convert_weights),
     "bench": (cmd_bench.__doc__, _flags_bench, cmd_bench),

@@ -15,7 +15,7 @@ def _run(*args, cwd=REPO):
 def test_help_lists_every_command():
     out = _run("--help")
     assert out.returncode == 0
-    for command in ("data", "train", "evaluate", "predict", "convert-weights", "bench", "demo"):
+    for command in ("data", "train", "evaluate", "fit-cgmm", "generate", "predict", "convert-weights", "bench", "demo"):
         assert f"  {command} " in out.stdout
 
 
@@ -23,7 +23,7 @@ def test_unknown_command_is_one_line():
     out = _run("trian")
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: unknown command 'trian'; valid commands: "
-                                  "data, train, evaluate, predict, convert-weights, bench, demo")
+                                  "data, train, evaluate, fit-cgmm, generate, predict, convert-weights, bench, demo")
 
 
 def test_data_command_writes_config_summary_and_plots(tmp_path):
