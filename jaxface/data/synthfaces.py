@@ -583,9 +583,10 @@ class SynthFaces:
         chunk = max(1, _CHUNK_PIXELS // (resolution * resolution))
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
-            out[start:end] = self._render_chunk(
+            rendered = self._render_chunk(
                 attributes[start:end], nuisance_u[start:end], noise[start:end], resolution
             )
+            np.copyto(out[start:end], rendered, casting="unsafe")  # truncation: +0.5 rounded
         return out
 
     def _render_chunk(self, attributes, nuisance_u, noise, resolution):
@@ -611,7 +612,8 @@ class SynthFaces:
             hair[a[name]] = rgb
         hair *= (0.85 + 0.3 * f["hair_shade"])[:, None]
         bald_facial_hair = np.asarray(_BALD_FACIAL_HAIR, np.float32) * (0.6 + 0.8 * f["facial_hair_shade"])[:, None]
-        facial_hair = np.where(bald[:, None], bald_facial_hair, hair)
+        # Brows, mustache and beard: darker than the hair, so they show on any skin.
+        facial_hair = np.where(bald[:, None], bald_facial_hair, hair * 0.6)
         tone = f["skin_tone"][:, None]
         skin = _DARK_SKIN + tone * (_LIGHT_SKIN - _DARK_SKIN)
         warmth = (f["skin_warmth"] - 0.5) * 0.08
@@ -725,18 +727,20 @@ class SynthFaces:
 
         # ---- nose: a darker ridge and nostrils; bigger for Big Nose
         big = a["Big Nose"]
-        nose_scale = _column(np.where(big, 1.9, 1.0))
-        nose_len = _column(0.13 + 0.04 * f["nose_length"]) * _column(np.where(big, 1.3, 1.0))
+        nose_scale = _column(np.where(big, 2.0, 1.0))
+        nose_len = _column(0.12 + 0.04 * f["nose_length"]) * _column(np.where(big, 1.35, 1.0))
         rows, cols = frame.window("nose")
         uw, vw = frame.uv(rows, cols)
         part = img[:, :, rows, cols]
         ridge = _ellipse(uw, vw, 0.0, -0.03 + nose_len * 0.5, 0.04 * nose_scale, nose_len * 0.6, sharp)
-        _paint(part, ridge * 0.7, skin * 0.62)
+        _paint(part, ridge * 0.8, skin * 0.58)
         tip = _ellipse(uw, vw, 0.0, -0.03 + nose_len, 0.052 * nose_scale, 0.034 * nose_scale, sharp)
-        _paint(part, tip * 0.8, skin * 0.74)
+        _paint(part, tip * 0.9, skin * 0.66)
+        shine = _ellipse(uw, vw, 0.0, -0.04 + nose_len, 0.022 * nose_scale, 0.014 * nose_scale, sharp)
+        _paint(part, shine * 0.8, np.minimum(skin * 1.3, 1.0))
         nostrils = _ellipse(np.abs(uw), vw, 0.03 * nose_scale, -0.025 + nose_len + 0.02 * nose_scale,
                             0.018 * nose_scale, 0.012 * nose_scale, sharp)
-        _paint(part, nostrils, skin * 0.25)
+        _paint(part, nostrils, skin * 0.15)
 
         # ---- mouth: lips, dark opening (a thin line when closed), teeth; smiles curve upward
         smile = _column(a["Smiling"])
@@ -759,7 +763,7 @@ class SynthFaces:
         if a["Mustache"].any():
             must_v = mouth_v - open_ry - 0.055
             droop = (1.6 - 2.6 * smile) * uw * uw  # follows the mouth corners
-            mustache = _ellipse(uw, vw - droop, 0.0, must_v, 0.14, 0.038, sharp)
+            mustache = _ellipse(uw, vw - droop, 0.0, must_v, 0.15, 0.042, sharp)
             _paint(part, mustache * _column(a["Mustache"]), facial_hair)
 
         # ---- hair over the head and forehead: a hairline, lowered to a fringe for Bangs
@@ -868,13 +872,14 @@ class SynthFaces:
             sigma = (0.9 + 0.7 * f["blur_sigma"][blurry]) * (resolution / 64.0)
             radius = int(math.ceil(3.0 * 1.6 * resolution / 64.0))
             img[:, blurry] = _gaussian_blur(img[:, blurry], sigma, radius)
-        noise_sigma = (0.006 + 0.02 * f["noise_level"]) * math.sqrt(12.0) * 255.0
-        # Camera exposure and white balance scale everything; then sensor noise.
+        # Camera exposure and white balance scale everything; then zero-mean sensor noise
+        # ((noise - 0.5) * sigma, written as noise * sigma + offset) and the 0.5 that rounds.
         gain = 255.0 * (0.72 + 0.5 * f["exposure"])
         balance = np.stack([1.0 + 0.12 * (f["white_balance_r"] - 0.5), np.ones(n, np.float32),
                             1.0 + 0.12 * (f["white_balance_b"] - 0.5)]) * gain
         img *= balance[:, :, None, None]
-        img += (noise.transpose(1, 0, 2, 3) - 0.5) * noise_sigma[None, :, None, None]
-        img += 0.5
+        noise_sigma = (0.006 + 0.02 * f["noise_level"]) * math.sqrt(12.0) * 255.0
+        img += noise.transpose(1, 0, 2, 3) * noise_sigma[None, :, None, None]
+        img += (0.5 - 0.5 * noise_sigma)[None, :, None, None]
         np.clip(img, 0.0, 255.0, out=img)
-        return np.moveaxis(img.astype(np.uint8), 0, -1)
+        return np.moveaxis(img, 0, -1)  # (n, h, w, 3) floats in [0, 255]; the caller casts

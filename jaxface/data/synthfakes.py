@@ -211,8 +211,10 @@ class SynthRealFake:
     one can be tested on a dataset made only of it: leave-one-generator-out).
 
     Args:
-      generator_seed: seed of the generators' fixed parameters (their fingerprints); defaults to
-        `seed`. Give train/val/test sets built with different seeds the same generator_seed.
+      generator_seed: seed of the generators' fixed parameters (their fingerprints, e.g. the
+        upsampling kernels). A generator is one fixed model, so this does not follow `seed`:
+        train/val/test sets built with different seeds share the fingerprints. Change it to get
+        "another model" of the same generator family (a cross-model test).
       generator_options: per-generator keyword options, readable by generators via the context.
     """
 
@@ -225,7 +227,7 @@ class SynthRealFake:
         generators: Sequence[str] = ("upsample", "faceswap"),
         fake_fraction: float = 0.5,
         exclude_generators: Sequence[str] = (),
-        generator_seed: int | None = None,
+        generator_seed: int = 0,
         attribute_rates: Mapping[str, float] | None = None,
         generator_options: Mapping[str, Mapping[str, Any]] | None = None,
     ):
@@ -277,7 +279,7 @@ class SynthRealFake:
         self.generators = generators
         self.exclude_generators = exclude_generators
         self.fake_fraction = float(fake_fraction)
-        self.generator_seed = self.seed if generator_seed is None else int(generator_seed)
+        self.generator_seed = int(generator_seed)
         self.context = GeneratorContext(self.faces, self.generator_seed, self._config["generator_options"])
         # Which items are fake, and by which generator: a seeded permutation, so the counts are exact.
         order = np.random.default_rng([self.seed, _ASSIGNMENT_STREAM]).permutation(self.num_images)

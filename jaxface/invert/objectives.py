@@ -150,7 +150,9 @@ def feature_match(
 
 
 # --------------------------------------------------------------------------------------- head terms
-def head_scores(head_logits: Sequence[jax.Array], head_targets: jax.Array, mode: str = "log_prob") -> jax.Array:
+def head_scores(
+    head_logits: Sequence[jax.Array], head_targets: jax.Array, mode: str = "log_prob"
+) -> jax.Array:
     """Sum over heads with a target (>= 0) of the target class's score; (B,).
 
     head_logits: sequence of (B, n_h) arrays, one per head. head_targets: int (B, num_heads), -1 where

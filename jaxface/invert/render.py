@@ -9,11 +9,14 @@ head scores. The loop is written once (`_step`) and run in one of several loop f
 - 'scan':     one jit per chunk, the steps in a `lax.scan` (optionally partially unrolled);
 - 'auto':     'unrolled' on CPU, 'scan' on accelerators.
 
-Why several: on XLA:CPU a `lax.scan`/`fori_loop` whose body is a convolutional forward+backward ran
-much slower per step than the same jitted step called from Python, while an unrolled chunk ran at full
-speed (see jaxface/bench/inversion_bench.py). On accelerators a scan avoids per-step dispatch. All forms
-compute the same steps, so they agree up to float rounding; progress is reported on the host after
-every chunk.
+Why several: on XLA:CPU (jax 0.10.2) a `lax.scan`/`fori_loop` whose body is a convolutional
+forward+backward costs about 4x the CPU time per step of the same step outside a loop, while an unrolled
+chunk runs at full speed or slightly faster than the Python loop (jaxface/bench/inversion_bench.py).
+The compiled HLO shows why: outside loops every convolution becomes a YNNPACK fusion; inside the while
+body the input-gradient convolutions keep the transposed-kernel form (dim_labels ..._01oi), which
+neither YNNPACK nor Eigen take, and run as XLA's generic emitted loops. On accelerators a scan
+avoids per-step dispatch. All forms compute the same steps, so they agree up to float rounding;
+progress is reported on the host after every chunk.
 
 Batch items are independent: the loss is a sum of per-item terms (so no gradient mixes items), the
 optimisers are elementwise (Adam, SGD with momentum), and item i's randomness is
@@ -174,26 +177,29 @@ def _constrain(spec: StepSpec, state: State, metrics: dict) -> tuple[State, dict
     if spec.mesh is None or _mesh_is_explicit(spec.mesh):
         return state, metrics
     state = jax.lax.with_sharding_constraint(state, _state_shardings(spec, state))
-    metrics = jax.lax.with_sharding_constraint(metrics, jax.tree.map(lambda _: _batch_sharding(spec), metrics))
+    batch_sharding = _batch_sharding(spec)
+    metrics = jax.lax.with_sharding_constraint(metrics, jax.tree.map(lambda _: batch_sharding, metrics))
     return state, metrics
 
 
 # ------------------------------------------------------------------------------------------- step
 @functools.partial(jax.jit, static_argnames=("transform", "steps"))
 def sample_all_draws(transform: tf_lib.TransformConfig, item_keys: jax.Array, steps: int):
-    """Transform draws for every item and step, (B, steps, ...): item b at step t uses only
-    fold_in(item_keys[b], t).
+    """Transform draws for every item and step, (B, steps, ...): item b's draws come from its own key
+    item_keys[b] alone (one stream of steps x DRAW_WORDS random words).
 
     Drawing them up front, in one small program, keeps the PRNG out of the step: threefry hashing,
     unrolled k times in a chunk, made XLA:CPU compilation several times slower.
     """
-    step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(steps)))(item_keys)
-    return jax.vmap(lambda keys: tf_lib.sample_draws(transform, keys), in_axes=1, out_axes=1)(step_keys)
+    bits = jax.vmap(lambda k: jax.random.bits(k, (steps, tf_lib.DRAW_WORDS), jnp.uint32))(item_keys)
+    return tf_lib.draws_from_bits(transform, bits)
 
 
 def _loss(params, step, inputs: Inputs, spec: StepSpec):
     images = spec.image_param.to_image(params)
-    draws = jax.tree.map(lambda d: jax.lax.dynamic_index_in_dim(d, step, axis=1, keepdims=False), inputs.draws)
+    draws = jax.tree.map(
+        lambda d: jax.lax.dynamic_index_in_dim(d, step, axis=1, keepdims=False), inputs.draws
+    )
     seen = tf_lib.apply_drawn(spec.transform, images, draws)
     outputs = spec.apply_fn(inputs.model_state, seen)
     total, values = spec.objective.evaluate(obj_lib.ObjectiveInputs(images, outputs, inputs.targets))
@@ -479,7 +485,8 @@ def optimize(
     state, draws = start_state(
         params, key, jnp.asarray(item_ids), optimizer=optimizer_spec, transform=transform, steps=int(steps)
     )
-    inputs = Inputs(model_state, targets, draws)
+    # On device once: host (numpy) arrays passed to a jitted function are copied on every call.
+    inputs = Inputs(model_state, jax.tree.map(jnp.asarray, targets), draws)
     if mesh is not None:
         data, replicated = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
         state = jax.device_put(state, _state_shardings(spec, state))

@@ -89,21 +89,13 @@ def scale_rotate(images: jax.Array, scales: jax.Array, angles: jax.Array) -> jax
     return jax.vmap(_affine_resample)(images, scales, angles)
 
 
-def _draw_scale_angle(key: jax.Array, scales: Sequence[float], max_degrees: float):
-    k_scale, k_angle = jax.random.split(key)
-    scales_arr = jnp.asarray(tuple(scales), jnp.float32)
-    max_angle = math.radians(max_degrees)
-    scale = scales_arr[jax.random.randint(k_scale, (), 0, scales_arr.shape[0])]
-    angle = jax.random.uniform(k_angle, (), jnp.float32, -max_angle, max_angle)
-    return scale, angle
-
-
 def random_scale_rotate(
     images: jax.Array, keys: jax.Array, scales: Sequence[float] = (1.0,), max_degrees: float = 0.0
 ) -> jax.Array:
     """Per item: a scale drawn uniformly from `scales` and a rotation uniform in +-max_degrees."""
-    scale, angle = jax.vmap(lambda k: _draw_scale_angle(k, scales, max_degrees))(keys)
-    return scale_rotate(images, scale, angle)
+    config = make_transform_config(scales=scales, rotate_degrees=max_degrees)
+    draws = sample_draws(config, keys)
+    return scale_rotate(images, draws.scales, draws.angles)
 
 
 def center_crop(images: jax.Array, height: int, width: int) -> jax.Array:
@@ -156,22 +148,33 @@ class TransformDraws(NamedTuple):
     angles: jax.Array  # (B,) float32, radians
 
 
+DRAW_WORDS = 4  # random 32-bit words per item and application: dy, dx, scale index, angle
+
+
+def draws_from_bits(config: TransformConfig, bits: jax.Array) -> TransformDraws:
+    """Draws from uniform random uint32 words (..., DRAW_WORDS); the leading axes are kept.
+
+    Mapping raw words (modulo for small integer ranges, top 24 bits for the angle) instead of calling
+    jax.random per quantity keeps the number of PRNG hashes, and so the compile time, small.
+    """
+    bits = jnp.asarray(bits, jnp.uint32)
+    lead = bits.shape[:-1]
+    if config.jitter > 0:
+        span = jnp.uint32(2 * config.jitter + 1)
+        offsets = (bits[..., 0:2] % span).astype(jnp.int32) - config.jitter
+    else:
+        offsets = jnp.zeros(lead + (2,), jnp.int32)
+    scales = config.scales or (1.0,)
+    scale = jnp.asarray(scales, jnp.float32)[(bits[..., 2] % jnp.uint32(len(scales))).astype(jnp.int32)]
+    unit = (bits[..., 3] >> 8).astype(jnp.float32) * (1.0 / (1 << 24))  # uniform in [0, 1)
+    angle = (2.0 * unit - 1.0) * math.radians(config.rotate_degrees)
+    return TransformDraws(offsets, scale, angle)
+
+
 def sample_draws(config: TransformConfig, keys: jax.Array) -> TransformDraws:
     """One set of draws per key (B,). Items use only their own key."""
-
-    def one(key):
-        k_jitter, k_affine = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
-        if config.jitter > 0:
-            offset = jax.random.randint(k_jitter, (2,), -config.jitter, config.jitter + 1)
-        else:
-            offset = jnp.zeros((2,), jnp.int32)
-        if config.scales or config.rotate_degrees:
-            scale, angle = _draw_scale_angle(k_affine, config.scales or (1.0,), config.rotate_degrees)
-        else:
-            scale, angle = jnp.float32(1.0), jnp.float32(0.0)
-        return TransformDraws(offset.astype(jnp.int32), scale, angle)
-
-    return jax.vmap(one)(keys)
+    bits = jax.vmap(lambda k: jax.random.bits(k, (DRAW_WORDS,), jnp.uint32))(keys)
+    return draws_from_bits(config, bits)
 
 
 def apply_drawn(config: TransformConfig, images: jax.Array, draws: TransformDraws) -> jax.Array:

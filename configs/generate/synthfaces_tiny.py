@@ -1,0 +1,69 @@
+"""Face generation on the tiny synthfaces classifier: cGMM fit + inversion settings (CPU-sized).
+
+    jaxface train    --config=configs/attributes/synthfaces_tiny.py --workdir=W
+    jaxface fit-cgmm --config=configs/generate/synthfaces_tiny.py --workdir=W
+    jaxface generate --workdir=W --attributes="Male,Black Hair,Smiling" --num=8
+
+fit-cgmm reads the classifier (and its data section) from generate.classifier_workdir (default: W
+itself) and writes W/cgmm/; generate reads its inversion settings from W/cgmm/config.json,
+i.e. from this file as it was when the model was fitted.
+"""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+
+    # ---------------------------------------------------------------------------- the cGMM fit
+    config.generate = ml_collections.ConfigDict()
+    g = config.generate
+    g.classifier_workdir = ""  # "" -> the workdir given on the command line
+    g.layer = "conv5_3"  # any VGGFace tap: conv4_3, conv5_3, pool5, fc6, fc7 (see README numbers)
+    g.split = "train"  # activation statistics and the joint model
+    g.heldout_split = "val"  # lambda selection
+    g.max_examples = 0  # 0: the whole split; N: its first N images (quick fits)
+    g.max_heldout_examples = 0
+    g.batch_size = 128  # images per activation batch (a multiple of the device count)
+    g.min_count = 20  # attributes with fewer positives are excluded and reported
+    g.subset_size = 0  # > 0: the report's protocol, equal-size random subsets S_i of this size
+    g.subset_seed = 0
+    # Ridge strengths of eq. (3), relative to the mean squared norm of the attribute means (so the
+    # grid means the same for any layer); 0 is the report's unregularised fit.
+    g.lambdas = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    g.lrs = ()  # SGD learning rates; () -> fractions 1/2..1/16 of the largest stable step
+    g.sgd_steps = 3000
+    g.sgd_batch_size = 256
+    g.weights = "exact"  # the weights stored: "exact" (ridge solution) or "sgd" (the report's SGD)
+    g.joint_lam = 1e-3  # ridge of the joint linear-Gaussian model
+
+    # ------------------------------------------------------------------------ feature inversion
+    config.invert = ml_collections.ConfigDict()
+    inv = config.invert
+    inv.steps = 200
+    inv.lr = 0.05
+    inv.optimizer = "adam"  # adam | sgd
+    inv.momentum = 0.9
+    inv.param = "fft"  # pixels | fft (1/f spectrum with colour decorrelation)
+    inv.pixel_mode = "sigmoid"  # for param=pixels: sigmoid | clip | free
+    inv.decay_power = 1.0
+    inv.init = "noise"  # noise (the report's cGMM start) | mean (the dataset mean image)
+    inv.noise_std = 0.05
+    inv.jitter = 2  # pixels of random translation per step
+    inv.pad = 0
+    inv.scales = ()
+    inv.rotate_degrees = 0.0
+    inv.blur_every = 4  # Gaussian blur projection every k steps (0: off)
+    inv.blur_sigma = 0.5
+    inv.tv_weight = 0.05
+    inv.l2_weight = 0.0
+    inv.range_weight = 0.0
+    inv.head_mode = "log_prob"  # classvis: log_prob | logit | prob
+    inv.loop = "auto"  # auto | python | unrolled | scan
+    inv.chunk = 0  # steps per compiled chunk; 0: the loop form's default
+    inv.max_batch = 32  # images per compiled call (sweeps split larger groups)
+
+    # The class-visualisation baseline (report 3.3.1): overrides of the inversion settings.
+    config.classvis = ml_collections.ConfigDict()
+    config.classvis.init = "mean"
+    config.classvis.noise_std = 0.05
+    return config

@@ -1,0 +1,123 @@
+"""The fit-cgmm driver: activations of a trained classifier streamed over a split -> W/cgmm/."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxface import config as config_lib
+from jaxface.cgmm import fit, store
+from jaxface.data import pipeline
+from jaxface.train import trainer
+from trainer_utils import tiny_config
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """A tiny attribute classifier (32 px, width 1/16), trained a few steps, with its config.json."""
+    workdir = tmp_path_factory.mktemp("classifier")
+    cfg = tiny_config()
+    (workdir / "config.json").write_text(cfg.to_json())
+    trainer.train(cfg, workdir)
+    return workdir
+
+
+def gen_config(**overrides):
+    base = {"generate.batch_size": 32, "generate.sgd_steps": 200, "generate.sgd_batch_size": 64,
+            "generate.min_count": 30, "generate.layer": "conv5_3"}
+    base.update(overrides)
+    return config_lib.load_config("configs/generate/synthfaces_tiny.py", base)
+
+
+@pytest.fixture(scope="module")
+def fitted(classifier):
+    return fit.fit_cgmm_command(gen_config(), classifier)
+
+
+def naive_layer_stats(workdir, layer, split="train"):
+    """Per-attribute mean and variance of the layer over the split, one image at a time in numpy."""
+    setup = trainer.load_for_inference(workdir)
+    source = pipeline.build_source(setup.config.data, split)
+    records = [source[i] for i in range(len(source))]
+    images = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0
+    out = setup.model.activations(jax.numpy.asarray(images), [layer])[layer]  # eager, one batch
+    acts = np.asarray(out, np.float64).reshape(len(records), -1)
+    attrs = np.stack([r["attributes"] for r in records]) > 0.5
+    means = np.stack([acts[attrs[:, k]].mean(0) for k in range(attrs.shape[1])])
+    variances = np.stack([acts[attrs[:, k]].var(0) for k in range(attrs.shape[1])])
+    return means, variances, attrs.sum(0)
+
+
+def test_fit_writes_the_store_its_metadata_and_the_generate_config(classifier, fitted):
+    directory = classifier / "cgmm"
+    for name in ("cgmm.npz", "cgmm.json", "config.json", "mean_image.png", "fit_summary.txt"):
+        assert (directory / name).is_file(), name
+    assert {str(p) for p in fitted["outputs"]} >= {str(directory / "cgmm.json"), str(directory / "cgmm.npz")}
+    meta = json.loads((directory / "cgmm.json").read_text())
+    assert meta["layer"] == "conv5_3"
+    assert meta["layer_shape"] == [2, 2, 32]  # 32 px -> 2 x 2 before pool5; 512 channels x 1/16
+    assert meta["schema"]["name"] == "synthfaces"
+    assert meta["source_checkpoint"].endswith("checkpoints/4")
+    assert set(meta["counts"]) == set(fitted["store"].schema.attribute_names)
+    # min_count=30 on 256 images excludes the rare attributes, and they are listed, not kept
+    assert meta["excluded"], "expected some attributes below min_count=30"
+    for name in meta["excluded"]:
+        assert meta["counts"][name] < 30
+        assert meta["weights"][name] == 0.0
+    lambdas = meta["grid"]["lambdas"]
+    assert any(np.isclose(meta["chosen_lambda"], lam) for lam in lambdas)
+    assert len(meta["fit_losses"]["exact_heldout_error"]) == len(lambdas)
+    # the exact ridge solution minimises the training objective: no SGD run of the grid beats it
+    losses = meta["fit_losses"]
+    sgd_train = np.asarray(losses["sgd_final_train_loss"], np.float64)  # (learning rates, lambdas)
+    assert sgd_train.shape == (len(meta["grid"]["lrs"]), len(lambdas))
+    assert np.all(sgd_train >= np.asarray(losses["exact_train_loss"]) * (1 - 1e-4))
+    gap = meta["extra"]["sgd_exact_gap"]
+    assert gap["relative_weight_distance"] >= 0.0
+    assert meta["joint"]["num_examples"] == 256
+    text = fitted["text"]
+    assert "EXCLUDED" in text and all(name in text for name in meta["excluded"])
+    assert "chosen lambda" in text and "SGD vs exact" in text
+    loaded = store.load_cgmm(directory)
+    np.testing.assert_array_equal(loaded.weights, fitted["store"].weights)
+    saved = json.loads((directory / "config.json").read_text())
+    assert saved["invert"]["steps"] == gen_config().invert.steps
+
+
+def test_streamed_sharded_statistics_equal_a_naive_per_image_computation(classifier, fitted):
+    means, variances, counts = naive_layer_stats(classifier, "conv5_3")
+    s = fitted["store"]
+    np.testing.assert_array_equal(s.count, counts)
+    keep = s.included
+    np.testing.assert_allclose(s.mean[keep], means[keep], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(s.var[keep], variances[keep], rtol=1e-3, atol=1e-6)
+    assert np.all(np.isnan(s.mean[~keep]))
+
+
+def test_report_protocol_uses_equal_size_subsets(classifier, tmp_path):
+    (tmp_path / "config.json").write_text((classifier / "config.json").read_text())
+    cfg = gen_config(**{"generate.classifier_workdir": str(classifier), "generate.subset_size": 40,
+                        "generate.min_count": 5, "generate.layer": "fc6"})
+    result = fit.fit_cgmm_command(cfg, tmp_path)
+    s = result["store"]
+    positives = np.asarray([s.extra["positives"][n] for n in s.schema.attribute_names])
+    np.testing.assert_array_equal(s.count, np.minimum(positives, 40))
+    assert s.layer == "fc6" and s.dim == 256
+    assert (tmp_path / "cgmm" / "cgmm.npz").is_file()
+
+
+def test_fit_errors_are_clear(classifier, tmp_path):
+    with pytest.raises(fit.FitConfigError, match="valid: conv1_1.*fc7"):
+        fit.fit_cgmm_command(gen_config(**{"generate.layer": "heads"}), classifier)
+    with pytest.raises(fit.FitConfigError, match="unknown or unusable layer 'conv9_9'"):
+        fit.fit_cgmm_command(gen_config(**{"generate.layer": "conv9_9"}), classifier)
+    with pytest.raises(fit.FitConfigError, match="no trained classifier.*jaxface train"):
+        fit.fit_cgmm_command(gen_config(), tmp_path)
+    with pytest.raises(fit.FitConfigError, match="batch_size.*divisible"):
+        fit.fit_cgmm_command(gen_config(**{"generate.batch_size": 12}), classifier)
+    with pytest.raises(fit.FitConfigError, match="every attribute has fewer than min_count"):
+        fit.fit_cgmm_command(gen_config(**{"generate.min_count": 10_000}), classifier)
+    with pytest.raises(fit.FitConfigError, match="generate.weights"):
+        fit.fit_cgmm_command(gen_config(**{"generate.weights": "best"}), classifier)
+    with pytest.raises(fit.FitConfigError, match="no 'generate' section"):
+        fit.fit_cgmm_command(tiny_config(), classifier)

@@ -1,0 +1,188 @@
+"""The generate driver: targets -> batched compiled inversion -> images, results and quality metrics."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxface import config as config_lib
+from jaxface import files
+from jaxface.cgmm import fit
+from jaxface.data import pipeline
+from jaxface.evaluate import generation
+from jaxface.invert import generate as gen
+from jaxface.train import trainer
+from trainer_utils import tiny_config
+
+# Few steps, a single jitted step in a Python loop (the quickest to compile); every call pads its
+# batch to the 8 simulated devices, so runs with equal settings share one compiled program.
+FAST = {"invert.steps": 3, "invert.loop": "python", "invert.max_batch": 8, "invert.jitter": 1,
+        "invert.blur_every": 2, "invert.blur_sigma": 0.5}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny classifier trained a few steps, with a cGMM fitted on it (min_count excludes Gray Hair)."""
+    workdir = tmp_path_factory.mktemp("generate")
+    cfg = tiny_config()
+    (workdir / "config.json").write_text(cfg.to_json())
+    trainer.train(cfg, workdir)
+    gen_cfg = config_lib.load_config("configs/generate/synthfaces_tiny.py", {
+        "generate.batch_size": 32, "generate.sgd_steps": 50, "generate.min_count": 30, **FAST})
+    fit.fit_cgmm_command(gen_cfg, workdir)
+    return workdir
+
+
+def read_results(result):
+    return json.loads((result["directory"] / "results.json").read_text())
+
+
+def test_generate_writes_grid_images_and_results(workdir):
+    result = gen.generate_command(workdir, attributes="male, Black Hair", num=3, seed=4, verbose=False)
+    directory = result["directory"]
+    assert directory.parent == workdir / "generate"
+    assert (directory / "grid.png").is_file()
+    images = [np.asarray(Image.open(directory / "images" / f"{i:03d}.png")) for i in range(3)]
+    assert all(im.shape == (32, 32, 3) for im in images)
+    assert not (directory / "images" / "003.png").exists()
+    records = read_results(result)
+    assert len(records) == 3
+    for i, r in enumerate(records):
+        assert {"attributes", "seed", "settings", "objective", "feature_error", "attribute_probs",
+                "hit_rate"} <= set(r)
+        assert r["attributes"] == ["Male", "Black Hair"]
+        assert r["seed"] == 4 + i
+        assert r["settings"]["steps"] == 3 and r["settings"]["mode"] == "mean"
+        assert set(r["attribute_probs"]) == {"Male", "Black Hair"}
+        assert all(0.0 <= p <= 1.0 for p in r["attribute_probs"].values())
+        assert r["hit_rate"] == np.mean(list(r["detected"].values()))
+        assert np.isfinite(r["objective"]) and r["feature_error"] >= 0.0
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["mean_hit_rate"] == pytest.approx(np.mean([r["hit_rate"] for r in records]))
+    assert "hit rate" in result["text"]
+
+
+def test_same_seed_gives_identical_images_and_different_seeds_differ(workdir):
+    first = gen.generate_command(workdir, attributes="Smiling", num=2, seed=7, name="a", verbose=False)
+    again = gen.generate_command(workdir, attributes="Smiling", num=2, seed=7, name="b", verbose=False)
+    a = [np.asarray(Image.open(first["directory"] / "images" / f"{i:03d}.png")) for i in range(2)]
+    b = [np.asarray(Image.open(again["directory"] / "images" / f"{i:03d}.png")) for i in range(2)]
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert np.mean(np.abs(a[0].astype(float) - a[1].astype(float))) > 1.0  # seeds 7 and 8
+
+
+def test_sample_targets_vary_by_seed_and_mean_targets_do_not(workdir):
+    ctx = gen.load_context(workdir)
+    names, indices = gen.resolve_set(ctx.store, "Male, Smiling")
+    settings = gen.Settings()
+
+    def targets(mode, model, seeds):
+        items = [gen.Item(0, names, indices, s, mode, model, "invert", settings) for s in seeds]
+        return gen.item_targets(ctx, items)
+
+    for model in ("cgmm", "joint"):
+        mean = targets("mean", model, [0, 1, 2])
+        np.testing.assert_array_equal(mean[0], mean[1])
+        sample = targets("sample", model, [0, 1, 2])
+        assert generation.diversity(sample[:, None, None, :]) > 0.0
+        assert not np.allclose(sample[0], sample[1])
+        # an item's sample depends on its seed only, not on its position or batch
+        np.testing.assert_allclose(targets("sample", model, [2])[0], sample[2], rtol=1e-5, atol=1e-6)
+    result = gen.generate_command(workdir, attributes="Male, Smiling", num=3, mode="sample",
+                                  model="joint", verbose=False)
+    assert all(r["settings"]["mode"] == "sample" and r["settings"]["model"] == "joint" for r in read_results(result))
+
+
+def test_reconstruct_writes_the_input_and_its_reconstruction_side_by_side(workdir, tmp_path):
+    record = pipeline.build_source(tiny_config().data, "test")[0]
+    path = files.save_image(tmp_path / "face.png", record["image"])
+    result = gen.generate_command(workdir, reconstruct=str(path), verbose=False)
+    directory = result["directory"]
+    side = np.asarray(Image.open(directory / "reconstruction.png"))
+    assert side.shape == (32 + 4, 2 * 32 + 6, 3)  # input | reconstruction, 2 px padding
+    np.testing.assert_array_equal(np.asarray(Image.open(directory / "input.png")), record["image"])
+    (r,) = read_results(result)
+    assert r["input"] == str(path)
+    assert np.isfinite(r["feature_error"]) and 0.0 <= r["head_agreement"] <= 1.0
+    assert "feature error" in result["text"]
+
+
+def test_sweep_groups_equal_settings_into_one_batched_call_and_writes_summaries(workdir, tmp_path):
+    sweep = [
+        {"attributes": "Male", "seeds": [0, 1]},
+        {"attributes": ["Smiling", "Bangs"], "num": 2, "mode": "sample", "model": "joint"},
+        {"attributes": "Eyeglasses", "seeds": [3], "settings": {"tv_weight": 0.1}, "label": "glasses"},
+        {"attributes": "Wearing Hat", "seeds": [5, 6], "method": "classvis"},
+    ]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(sweep))
+    result = gen.generate_command(workdir, sweep=str(path), verbose=False)
+    # entries 0 and 1 differ only in targets (data): one compiled call; the others need their own
+    assert result["groups"] == 3 and result["calls"] == 3
+    directory = result["directory"]
+    labels = [s["label"] for s in result["summary"]]
+    assert labels[2] == "glasses"
+    for label, n in zip(labels, (2, 2, 1, 2)):
+        assert (directory / label / "grid.png").is_file()
+        assert len(list((directory / label / "images").glob("*.png"))) == n
+    records = read_results(result)
+    assert [r["set"] for r in records] == [0, 0, 1, 1, 2, 3, 3]
+    assert records[-1]["settings"]["method"] == "classvis" and records[-1]["settings"]["init"] == "mean"
+    summaries = json.loads((directory / "summary.json").read_text())
+    assert [s["num_images"] for s in summaries] == [2, 2, 1, 2]
+    for s in summaries:
+        assert {"mean_hit_rate", "mean_feature_error", "diversity"} <= set(s)
+    assert np.isnan(summaries[2]["diversity"])  # one image: no pairs
+    rows = list(csv.DictReader((directory / "summary.csv").open()))
+    assert [r["label"] for r in rows] == labels
+    assert float(rows[0]["diversity"]) == pytest.approx(summaries[0]["diversity"], abs=1e-5)
+
+
+def test_user_errors_are_clear(workdir, tmp_path):
+    store = gen.load_context(workdir).store
+    assert store.excluded, "the fixture's min_count should exclude a rare attribute"
+    excluded = store.excluded_names[0]
+    cases = [
+        (dict(attributes="Male, Wizard Hat"), r"unknown attribute 'Wizard Hat'.*valid names: .*Male"),
+        (dict(attributes=" , "), r"no attributes given.*valid names"),
+        (dict(attributes=excluded), rf"{excluded}.*excluded.*min_count"),
+        (dict(attributes="Black Hair, Blond Hair"), r"mutually exclusive"),
+        (dict(attributes="Male", mode="median"), r"unknown mode 'median'; valid: mean, sample"),
+        (dict(attributes="Male", model="vae"), r"unknown model 'vae'; valid: cgmm, joint"),
+        (dict(attributes="Male", method="dream"), r"unknown method 'dream'; valid: invert, classvis"),
+        (dict(attributes="Male", num=0), r"num must be a positive integer"),
+        (dict(attributes="Male", steps=0), r"--steps must be a positive integer"),
+        (dict(attributes="Male", name="../x"), r"--name"),
+        (dict(attributes="Male", sweep="x.json"), r"give one of"),
+        (dict(), r"no attributes given"),
+    ]
+    for kwargs, pattern in cases:
+        with pytest.raises(gen.GenerateError, match=pattern):
+            gen.generate_command(workdir, verbose=False, **kwargs)
+
+    with pytest.raises(gen.GenerateError, match=r"no fitted cGMM.*fit-cgmm"):
+        gen.generate_command(tmp_path, attributes="Male", verbose=False)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(gen.GenerateError, match=r"--reconstruct: cannot decode image .*broken.png"):
+        gen.generate_command(workdir, reconstruct=str(bad), verbose=False)
+    with pytest.raises(gen.GenerateError, match=r"--reconstruct: cannot decode image .*missing.png"):
+        gen.generate_command(workdir, reconstruct=str(tmp_path / "missing.png"), verbose=False)
+
+    sweeps = [
+        ([{"attributes": "Male", "colour": "red"}], r"sweep entry 0: unknown key\(s\) 'colour'"),
+        ([{"attributes": "Male"}, {"attributes": "Bogus"}], r"sweep entry 1: unknown attribute 'Bogus'"),
+        ([{"attributes": "Male", "settings": {"learning_rate": 1}}], r"unknown sweep entry 0 settings key"),
+        ([{"attributes": "Male", "seeds": [-1]}], r"seeds must be integers"),
+        ([], r"non-empty JSON list"),
+    ]
+    for n, (entries, pattern) in enumerate(sweeps):
+        path = tmp_path / f"sweep{n}.json"
+        path.write_text(json.dumps(entries))
+        with pytest.raises(gen.GenerateError, match=pattern):
+            gen.generate_command(workdir, sweep=str(path), verbose=False)
+    (tmp_path / "bad.json").write_text("[{")
+    with pytest.raises(gen.GenerateError, match=r"not valid JSON"):
+        gen.generate_command(workdir, sweep=str(tmp_path / "bad.json"), verbose=False)

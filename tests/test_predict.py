@@ -1,0 +1,101 @@
+"""`jaxface predict`: files and folders, corrupt and missing files, CSV output, the pipeline's resize."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from jaxface import config as config_lib
+from jaxface import files
+from jaxface.data import pipeline
+from jaxface.data.synthfakes import SynthRealFake
+from jaxface.evaluate import detection, predict
+from jaxface.train import detection as det_task
+from jaxface.train import trainer
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A closed-form spectrum detector (seconds to fit) on 32 px synthetic faces."""
+    wd = tmp_path_factory.mktemp("detector")
+    cfg = config_lib.load_config("configs/detect/synthfakes_mobilenet.py", {
+        "model.name": "spectrum", "model.width": 1.0, "model.depth": 1.0, "model.input_size": 32,
+        "model.dropout": 0.0, "data.image_size": 32, "data.num_train": 96, "batch_size": 16,
+        "eval_batch_size": 16, "num_train_steps": 1, "data.augment.enabled": False,
+    })
+    det_task.fit_spectrum(cfg, wd)
+    return wd
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    data = SynthRealFake(6, resolution=48, seed=5)
+    for i in range(4):
+        files.save_image(root / "folder" / ("nested" if i % 2 else "") / f"face{i}.png", data[i]["image"])
+    files.save_image(root / "single.png", data[4]["image"])
+    (root / "folder" / "notes.txt").write_text("not an image, and not an image extension: skipped")
+    (root / "folder" / ".hidden.png").write_bytes(b"hidden files are skipped")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "empty").mkdir()
+    return root
+
+
+def test_predict_files_folders_and_unreadable_inputs(workdir, images, tmp_path):
+    paths = [images / "single.png", images / "corrupt.jpg", images / "folder", images / "missing.png",
+             images / "empty"]
+    out_csv = tmp_path / "out" / "predictions.csv"
+    result = predict.predict_command(workdir, [str(p) for p in paths], output_csv=out_csv, batch_size=3)
+    records = result["records"]
+    assert [r["path"] for r in records] == [
+        str(images / "single.png"), str(images / "corrupt.jpg"),
+        str(images / "folder" / "face0.png"), str(images / "folder" / "face2.png"),
+        str(images / "folder" / "nested" / "face1.png"), str(images / "folder" / "nested" / "face3.png"),
+        str(images / "missing.png"), str(images / "empty"),
+    ]
+    good = [r for r in records if r["error"] is None]
+    bad = [r for r in records if r["error"] is not None]
+    assert len(good) == 5 and len(bad) == 3
+    for r in good:
+        assert r["label"] in ("real", "fake") and 0.0 <= r["p_fake"] <= 1.0
+        assert r["label"] == ("fake" if r["p_fake"] >= result["threshold"] else "real")
+    for r in bad:
+        assert r["label"] is None and r["p_fake"] is None and r["error"]
+    assert "no such file" in bad[1]["error"] and "no image files" in bad[2]["error"]
+    json.dumps(records)  # the CLI prints each record as one JSON line
+
+    rows = list(csv.DictReader(open(out_csv)))
+    assert list(rows[0]) == ["path", "label", "p_fake", "error"]
+    assert len(rows) == len(records)
+    assert rows[1]["label"] == "" and rows[1]["p_fake"] == "" and rows[1]["error"]
+    assert float(rows[0]["p_fake"]) == pytest.approx(records[0]["p_fake"], abs=1e-6)
+
+
+def test_predict_matches_the_evaluation_pipeline(workdir, images):
+    setup = trainer.load_for_inference(workdir)
+    path = images / "single.png"
+    record = predict.predict_command(workdir, [str(path)])["records"][0]
+    image = pipeline.DecodeAndResize(32).map({"path": str(path)})["image"]
+    logit = setup.model(image[None].astype(np.float32) / 255.0, train=False)[0, 0]
+    assert record["p_fake"] == pytest.approx(float(detection.sigmoid(float(logit))), abs=1e-5)
+
+
+def test_predict_uses_the_calibrated_threshold(workdir, images):
+    step = detection._latest_step(workdir)
+    files.write_json(workdir / detection.CALIBRATION_FILE,
+                     {"threshold_logit": 50.0, "threshold": 1.0, "method": "balanced_accuracy", "step": step})
+    try:
+        result = predict.predict_command(workdir, [str(images / "folder")])
+        assert all(r["label"] == "real" for r in result["records"])  # nothing reaches p >= 1 - 2e-22
+        assert "calibrated" in result["rule"]
+        files.write_json(workdir / detection.CALIBRATION_FILE, {"threshold_logit": 50.0, "step": step + 1})
+        assert "0.5" in predict.predict_command(workdir, [str(images / "single.png")])["rule"]  # stale
+    finally:
+        (workdir / detection.CALIBRATION_FILE).unlink()
+
+
+def test_predict_request_mistakes(workdir, tmp_path):
+    with pytest.raises(predict.PredictError, match="at least one image"):
+        predict.predict_command(workdir, [])
+    with pytest.raises(ValueError, match="config.json"):
+        predict.predict_command(tmp_path, ["x.png"])
