@@ -17,32 +17,17 @@ import statistics
 import time
 
 import jax
+
 import jax.numpy as jnp
 import numpy as np
+
+from jaxface.bench.common import environment, timed as _timed
 
 from jaxface.cgmm import joint, stats, targets, weights
 from jaxface.cgmm.store import store_from_fit
 from jaxface.data.schema import Schema
 
 SUITE = "cgmm"
-
-
-def environment() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import jaxlib
-
-    return dict(
-        jax_version=jax.__version__,
-        jaxlib_version=jaxlib.__version__,
-        cpu_model=cpu,
-        cpu_count=os.cpu_count(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-    )
 
 
 def synthetic_data(num: int, dim: int, num_attributes: int, seed: int = 0):
@@ -56,19 +41,6 @@ def synthetic_data(num: int, dim: int, num_attributes: int, seed: int = 0):
     base = 1.0 + 0.5 * jax.random.normal(k_base, (dim,))
     acts = jax.nn.relu(base + attributes @ effects + jax.random.normal(k_noise, (num, dim)))
     return jax.block_until_ready((acts, attributes, mask))
-
-
-def _timed(fn, repeats: int):
-    """(warm-up seconds, median seconds, last result): fn must block until its result is ready."""
-    start = time.perf_counter()
-    result = fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times), result
 
 
 def run(

@@ -33,8 +33,11 @@ import time
 from typing import Any, Sequence
 
 import jax
+
 import jax.numpy as jnp
 import numpy as np
+
+from jaxface.bench.common import environment, load_average, measure_matmul_peak
 
 SUITE = "inversion"
 LOOP_FORMS = ("python", "unrolled", "scan")
@@ -57,51 +60,6 @@ CONFIGS = {
 
 
 # ------------------------------------------------------------------------------------ environment
-def environment() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import jaxlib
-
-    return dict(
-        jax_version=jax.__version__,
-        jaxlib_version=jaxlib.__version__,
-        cpu_model=cpu,
-        cpu_count=os.cpu_count(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-    )
-
-
-def load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def measure_matmul_peak(n: int = 2048, repeats: int = 9) -> tuple[float, float]:
-    """float32 n x n matmul throughput: (GFLOP per wall second, GFLOP per CPU second of this process).
-
-    Medians of `repeats` after a warm-up. The CPU-second figure is much less sensitive to other
-    processes on the machine; it is the reference for `cpu_fraction_of_peak`.
-    """
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(lambda a, b: a @ b)
-    matmul(a, b).block_until_ready()
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    flops = 2.0 * n**3
-    return flops / statistics.median(times) / 1e9, flops / statistics.median(cpu_times) / 1e9
-
-
 # ------------------------------------------------------------------------------------------ setup
 _VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 _VGGFACE_MEAN_RGB = (129.1863, 104.7624, 93.5940)
