@@ -162,7 +162,8 @@ def cmd_generate(argv):
     result = generate.generate_command(
         pathlib.Path(FLAGS.workdir), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
         model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
-        reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name)
+        reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
+        strength=FLAGS.strength)
     print(result["text"])
     _print_outputs(result["outputs"])
 
@@ -242,6 +243,8 @@ def _flags_generate():
     flags.DEFINE_string("reconstruct", None, "Invert the true activations of this image instead.")
     flags.DEFINE_string("sweep", None, "JSON file: a list of {attributes, seeds|num, settings}.")
     flags.DEFINE_string("name", None, "Output folder name under WORKDIR/generate/.")
+    flags.DEFINE_float("strength", None, "Scale the target's departure from the mean activation "
+                       "(1 = the model's own target; default from the config's targets.strength).")
 
 
 def _flags_bench():

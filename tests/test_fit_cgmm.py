@@ -4,44 +4,38 @@ import json
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from jaxface import config as config_lib
 from jaxface.cgmm import fit, store
 from jaxface.data import pipeline
-from jaxface.train import trainer
-from trainer_utils import tiny_config
+from cgmm_test_utils import classifier_config, fitted_workdir, gen_config
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    """A tiny attribute classifier (32 px, width 1/16), trained a few steps, with its config.json."""
-    workdir = tmp_path_factory.mktemp("classifier")
-    cfg = tiny_config()
-    (workdir / "config.json").write_text(cfg.to_json())
-    trainer.train(cfg, workdir)
-    return workdir
-
-
-def gen_config(**overrides):
-    base = {"generate.batch_size": 32, "generate.sgd_steps": 200, "generate.sgd_batch_size": 64,
-            "generate.min_count": 30, "generate.layer": "conv5_3"}
-    base.update(overrides)
-    return config_lib.load_config("configs/generate/synthfaces_tiny.py", base)
+def shared(tmp_path_factory):
+    return fitted_workdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def fitted(classifier):
-    return fit.fit_cgmm_command(gen_config(), classifier)
+def classifier(shared):
+    return shared[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(shared):
+    return shared[1]
 
 
 def naive_layer_stats(workdir, layer, split="train"):
-    """Per-attribute mean and variance of the layer over the split, one image at a time in numpy."""
-    setup = trainer.load_for_inference(workdir)
+    """Per-attribute mean and variance of the layer over the whole split, one attribute at a time in
+    float64 numpy, from one unsharded forward pass of all images (no streaming, no pipeline)."""
+    setup = fit.load_classifier(workdir)  # the cached, already restored model
     source = pipeline.build_source(setup.config.data, split)
     records = [source[i] for i in range(len(source))]
     images = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0
-    out = setup.model.activations(jax.numpy.asarray(images), [layer])[layer]  # eager, one batch
-    acts = np.asarray(out, np.float64).reshape(len(records), -1)
+    forward = nnx.jit(lambda model, x: model.activations(x, [layer])[layer])
+    acts = np.asarray(forward(setup.model, images), np.float64)
+    acts = acts.reshape(len(records), -1)
     attrs = np.stack([r["attributes"] for r in records]) > 0.5
     means = np.stack([acts[attrs[:, k]].mean(0) for k in range(attrs.shape[1])])
     variances = np.stack([acts[attrs[:, k]].var(0) for k in range(attrs.shape[1])])
@@ -57,7 +51,7 @@ def test_fit_writes_the_store_its_metadata_and_the_generate_config(classifier, f
     assert meta["layer"] == "conv5_3"
     assert meta["layer_shape"] == [2, 2, 32]  # 32 px -> 2 x 2 before pool5; 512 channels x 1/16
     assert meta["schema"]["name"] == "synthfaces"
-    assert meta["source_checkpoint"].endswith("checkpoints/4")
+    assert meta["source_checkpoint"].endswith("checkpoints/3")
     assert set(meta["counts"]) == set(fitted["store"].schema.attribute_names)
     # min_count=30 on 256 images excludes the rare attributes, and they are listed, not kept
     assert meta["excluded"], "expected some attributes below min_count=30"
@@ -95,15 +89,17 @@ def test_streamed_sharded_statistics_equal_a_naive_per_image_computation(classif
 
 
 def test_report_protocol_uses_equal_size_subsets(classifier, tmp_path):
-    (tmp_path / "config.json").write_text((classifier / "config.json").read_text())
     cfg = gen_config(**{"generate.classifier_workdir": str(classifier), "generate.subset_size": 40,
-                        "generate.min_count": 5, "generate.layer": "fc6"})
+                        "generate.min_count": 5})
     result = fit.fit_cgmm_command(cfg, tmp_path)
     s = result["store"]
     positives = np.asarray([s.extra["positives"][n] for n in s.schema.attribute_names])
+    assert positives.min() < 40 < positives.max()
     np.testing.assert_array_equal(s.count, np.minimum(positives, 40))
-    assert s.layer == "fc6" and s.dim == 256
-    assert (tmp_path / "cgmm" / "cgmm.npz").is_file()
+    assert not s.excluded
+    meta = json.loads((tmp_path / "cgmm" / "cgmm.json").read_text())
+    assert meta["extra"]["subset_size"] == 40 and meta["extra"]["classifier_workdir"] == str(classifier)
+    assert not (tmp_path / "config.json").exists()  # the classifier's workdir is elsewhere
 
 
 def test_fit_errors_are_clear(classifier, tmp_path):
@@ -120,4 +116,4 @@ def test_fit_errors_are_clear(classifier, tmp_path):
     with pytest.raises(fit.FitConfigError, match="generate.weights"):
         fit.fit_cgmm_command(gen_config(**{"generate.weights": "best"}), classifier)
     with pytest.raises(fit.FitConfigError, match="no 'generate' section"):
-        fit.fit_cgmm_command(tiny_config(), classifier)
+        fit.fit_cgmm_command(classifier_config(), classifier)

@@ -6,32 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxface import config as config_lib
 from jaxface import files
-from jaxface.cgmm import fit
 from jaxface.data import pipeline
 from jaxface.evaluate import generation
 from jaxface.invert import generate as gen
-from jaxface.train import trainer
-from trainer_utils import tiny_config
-
-# Few steps, a single jitted step in a Python loop (the quickest to compile); every call pads its
-# batch to the 8 simulated devices, so runs with equal settings share one compiled program.
-FAST = {"invert.steps": 3, "invert.loop": "python", "invert.max_batch": 8, "invert.jitter": 1,
-        "invert.blur_every": 2, "invert.blur_sigma": 0.5}
+from cgmm_test_utils import classifier_config, fitted_workdir
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A tiny classifier trained a few steps, with a cGMM fitted on it (min_count excludes Gray Hair)."""
-    workdir = tmp_path_factory.mktemp("generate")
-    cfg = tiny_config()
-    (workdir / "config.json").write_text(cfg.to_json())
-    trainer.train(cfg, workdir)
-    gen_cfg = config_lib.load_config("configs/generate/synthfaces_tiny.py", {
-        "generate.batch_size": 32, "generate.sgd_steps": 50, "generate.min_count": 30, **FAST})
-    fit.fit_cgmm_command(gen_cfg, workdir)
-    return workdir
+    """A tiny classifier trained a few steps with a cGMM fitted on it (shared with test_fit_cgmm)."""
+    return fitted_workdir(tmp_path_factory)[0]
 
 
 def read_results(result):
@@ -96,7 +81,7 @@ def test_sample_targets_vary_by_seed_and_mean_targets_do_not(workdir):
 
 
 def test_reconstruct_writes_the_input_and_its_reconstruction_side_by_side(workdir, tmp_path):
-    record = pipeline.build_source(tiny_config().data, "test")[0]
+    record = pipeline.build_source(classifier_config().data, "test")[0]
     path = files.save_image(tmp_path / "face.png", record["image"])
     result = gen.generate_command(workdir, reconstruct=str(path), verbose=False)
     directory = result["directory"]
@@ -113,7 +98,8 @@ def test_sweep_groups_equal_settings_into_one_batched_call_and_writes_summaries(
     sweep = [
         {"attributes": "Male", "seeds": [0, 1]},
         {"attributes": ["Smiling", "Bangs"], "num": 2, "mode": "sample", "model": "joint"},
-        {"attributes": "Eyeglasses", "seeds": [3], "settings": {"tv_weight": 0.1}, "label": "glasses"},
+        # a different setting makes its own group (max_batch only splits calls: no new compilation)
+        {"attributes": "Eyeglasses", "seeds": [3], "settings": {"max_batch": 4}, "label": "glasses"},
         {"attributes": "Wearing Hat", "seeds": [5, 6], "method": "classvis"},
     ]
     path = tmp_path / "sweep.json"
@@ -154,6 +140,8 @@ def test_user_errors_are_clear(workdir, tmp_path):
         (dict(attributes="Male", method="dream"), r"unknown method 'dream'; valid: invert, classvis"),
         (dict(attributes="Male", num=0), r"num must be a positive integer"),
         (dict(attributes="Male", steps=0), r"--steps must be a positive integer"),
+        (dict(attributes="Male", strength=0), r"--strength: strength must be a positive number"),
+        (dict(attributes="Male", strength=float("nan")), r"--strength: strength must be a positive number"),
         (dict(attributes="Male", name="../x"), r"--name"),
         (dict(attributes="Male", sweep="x.json"), r"give one of"),
         (dict(), r"no attributes given"),
@@ -186,3 +174,15 @@ def test_user_errors_are_clear(workdir, tmp_path):
     (tmp_path / "bad.json").write_text("[{")
     with pytest.raises(gen.GenerateError, match=r"not valid JSON"):
         gen.generate_command(workdir, sweep=str(tmp_path / "bad.json"), verbose=False)
+
+
+def test_strength_scales_the_targets_departure_from_the_mean_activation(workdir):
+    ctx = gen.load_context(workdir)
+    names, indices = gen.resolve_set(ctx.store, "Male,Smiling")
+    settings = gen.settings_from_config(ctx.config, "invert")
+    items = [gen.Item(0, names, indices, 0, "mean", "cgmm", "invert", settings, strength)
+             for strength in (1.0, 2.0)]
+    base, doubled = gen.item_targets(ctx, items)
+    mean = np.asarray(ctx.store.overall_mean, np.float32)
+    np.testing.assert_allclose(doubled, np.maximum(mean + 2.0 * (base - mean), 0.0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(doubled, base)

@@ -397,7 +397,7 @@ def summary_text(result: dict, directory: pathlib.Path) -> str:
                      + ", ".join(f"{n} ({int(store.count[store.schema.index(n)])})" for n in store.excluded_names))
     lam_rel = extra["lambdas_relative"]
     heldout = np.asarray(fit["exact_heldout_error"], np.float64) / extra["heldout_mean_sq_norm"]
-    lines.append("  held-out relative error of eq. (3) per lambda (relative to mean ||mu||^2): " + ", ".join(
+    lines.append("  held-out error of eq. (3) / mean ||phi||^2, per lambda (in units of mean ||mu_i||^2): " + ", ".join(
         f"{l:g}: {e:.4f}" for l, e in zip(lam_rel, heldout)))
     lines.append(f"  chosen lambda: {extra['chosen_lambda_relative']:g} relative = {store.chosen_lambda:.4g} "
                  f"(weights: {fit['method']})")

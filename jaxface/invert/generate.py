@@ -53,7 +53,8 @@ MAX_SEED = 2**32 - 1
 # Fixed base key: per-image randomness comes from the image's seed, folded in as its item id.
 _RENDER_KEY = 0
 _TARGET_STREAM = 1  # fold_in tag of the target-sampling stream (kept apart from init/jitter)
-SWEEP_KEYS = ("attributes", "seeds", "num", "seed", "mode", "model", "method", "steps", "settings", "label")
+SWEEP_KEYS = ("attributes", "seeds", "num", "seed", "mode", "model", "method", "strength", "steps", "settings",
+              "label")
 
 
 class GenerateError(ValueError):
@@ -300,6 +301,7 @@ class Item:
     model: str
     method: str
     settings: Settings
+    strength: float = 1.0
 
 
 def resolve_set(store: store_lib.CGMMStore, attributes) -> tuple[list[str], list[int]]:
@@ -387,9 +389,36 @@ def item_targets(ctx: Context, items: Sequence[Item]) -> np.ndarray:
                 jnp.asarray(joint.coef), jnp.asarray(joint.bias), jnp.asarray(joint.resid_var),
                 jnp.asarray(vectors), keys, mode=mode)
         out[rows] = np.asarray(t)
+    strength = np.asarray([item.strength for item in items], np.float32)[:, None]
+    if np.any(strength != 1.0):
+        out = amplify(out, store.overall_mean, strength)
     if not np.all(np.isfinite(out)):
         raise GenerateError("the target activations are not finite: the fitted model is damaged; rerun fit-cgmm")
     return out
+
+
+def amplify(targets: np.ndarray, center, strength) -> np.ndarray:
+    """T' = m + strength (T - m): the target's departure from the dataset mean activation m, scaled.
+
+    strength 1 is the model's own target; > 1 exaggerates what distinguishes the requested attributes
+    from an average face (vector arithmetic with a gain). Every tap of the network is post-ReLU or a
+    pool of one, so extrapolated targets are clipped at 0, where real activations live.
+    """
+    if center is None:
+        raise GenerateError("strength != 1 needs the dataset mean activation, which this fitted model lacks; "
+                            "rerun fit-cgmm")
+    center = np.asarray(center, np.float32)[None, :]
+    return np.maximum(center + strength * (targets - center), 0.0).astype(np.float32)
+
+
+def _strength(value, where: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise GenerateError(f"{where}: strength must be a positive number (1 = the model's own target)")
+    return value
 
 
 def head_targets(schema, indices: Sequence[int]) -> np.ndarray:
@@ -466,8 +495,8 @@ def evaluate_items(ctx: Context, items: Sequence[Item], rendered: dict) -> list[
     names = ctx.store.schema.attribute_names
     records = []
     for row, item in enumerate(items):
-        settings = dict(method=item.method, model=item.model, mode=item.mode, layer=ctx.store.layer,
-                        **item.settings.as_dict())
+        settings = dict(method=item.method, model=item.model, mode=item.mode, strength=item.strength,
+                        layer=ctx.store.layer, **item.settings.as_dict())
         if item.method == "classvis":
             settings["feature_error_reference"] = f"mean target of the {item.model} model"
         records.append(dict(
@@ -511,7 +540,11 @@ def _set_line(summary: dict, label: str) -> str:
             f"diversity {'n/a' if not math.isfinite(div) else format(div, '.4f')}")
 
 
-def _generate(ctx: Context, attributes, num, mode, model, method, steps, seed, name, verbose) -> dict:
+def _default_strength(ctx: Context) -> float:
+    return _strength(ctx.config.get("targets", {}).get("strength", 1.0), "config targets.strength")
+
+
+def _generate(ctx: Context, attributes, num, mode, model, method, steps, seed, name, strength, verbose) -> dict:
     _check_choice("mode", mode, targets_lib.MODES)
     _check_choice("model", model, targets_lib.MODELS)
     _check_choice("method", method, METHODS)
@@ -522,7 +555,8 @@ def _generate(ctx: Context, attributes, num, mode, model, method, steps, seed, n
     settings = settings_from_config(ctx.config, method)
     if steps is not None:
         settings = settings.replace({"steps": steps}, "--steps")
-    items = [Item(0, names, indices, s, mode, model, method, settings) for s in seeds]
+    strength = _default_strength(ctx) if strength is None else _strength(strength, "--strength")
+    items = [Item(0, names, indices, s, mode, model, method, settings, strength) for s in seeds]
     default = f"{_slug('-'.join(names))}_{method}" + (f"_{model}_{mode}" if method == "invert" else "") + f"_s{seed}"
     directory = ctx.workdir / GENERATE_DIR / _check_name(name or default)
     rendered = render_items(ctx, items, verbose=verbose, label=", ".join(names))
@@ -530,7 +564,7 @@ def _generate(ctx: Context, attributes, num, mode, model, method, steps, seed, n
     for i, r in enumerate(records):
         r["image"] = f"images/{i:03d}.png"
     outputs = _write_images(directory, rendered["images"], cols=min(len(items), 8))
-    summary = dict(attributes=names, method=method, model=model, mode=mode, seeds=seeds,
+    summary = dict(attributes=names, method=method, model=model, mode=mode, strength=strength, seeds=seeds,
                    **metrics.summarize_set(records, rendered["images"]))
     outputs.append(files.write_json(directory / "results.json", records))
     outputs.append(files.write_json(directory / "summary.json", summary))
@@ -636,9 +670,10 @@ def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None) -> tuple[
         label = str(entry.get("label") or f"{n:03d}_{_slug('-'.join(names))}_{method}"
                     + (f"_{model}_{mode}" if method == "invert" else ""))
         _check_name(label)
+        strength = _strength(entry.get("strength", _default_strength(ctx)), where)
         sets.append(dict(index=n, label=label, attributes=names, method=method, model=model, mode=mode,
-                         seeds=seeds, settings=settings.as_dict()))
-        items += [Item(n, names, indices, s, mode, model, method, settings) for s in seeds]
+                         strength=strength, seeds=seeds, settings=settings.as_dict()))
+        items += [Item(n, names, indices, s, mode, model, method, settings, strength) for s in seeds]
     labels = [s["label"] for s in sets]
     if len(set(labels)) != len(labels):
         raise GenerateError("--sweep: entry labels must be unique; got " + ", ".join(labels))
@@ -666,9 +701,10 @@ def _sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
         set_images = np.stack([images[r] for r in rows])
         for k, r in enumerate(rows):
             records[r]["image"] = f"{info['label']}/images/{k:03d}.png"
-        outputs += _write_images(directory / info["label"], set_images, cols=min(len(rows), 8))
+        # only the grids are listed: a sweep writes hundreds of images (results.json names them all)
+        outputs += _write_images(directory / info["label"], set_images, cols=min(len(rows), 8))[:1]
         summary = dict(label=info["label"], attributes=info["attributes"], method=info["method"],
-                       model=info["model"], mode=info["mode"], seeds=info["seeds"],
+                       model=info["model"], mode=info["mode"], strength=info["strength"], seeds=info["seeds"],
                        **metrics.summarize_set([records[r] for r in rows], set_images),
                        settings=info["settings"])
         summaries.append(summary)
@@ -709,12 +745,14 @@ def generate_command(
     reconstruct: str | None = None,
     sweep: str | None = None,
     name: str | None = None,
+    strength: float | None = None,
     verbose: bool = True,
 ) -> dict:
     """`jaxface generate`: returns {'text', 'outputs', 'records', 'directory', ...}.
 
     Exactly one of attributes / reconstruct / sweep. num: images (default 8; 1 for reconstruct).
-    steps overrides the configured number of optimisation steps.
+    steps overrides the configured number of optimisation steps; strength (default: the config's
+    targets.strength) scales the target's departure from the mean activation (see `amplify`).
     """
     chosen = [k for k, v in (("attributes", attributes), ("reconstruct", reconstruct), ("sweep", sweep))
               if v is not None]
@@ -732,4 +770,4 @@ def generate_command(
             return _reconstruct(ctx, reconstruct, num, steps, seed, name, verbose)
         if sweep is not None:
             return _sweep(ctx, sweep, seed, steps, name, verbose)
-        return _generate(ctx, attributes, num, mode, model, method, steps, seed, name, verbose)
+        return _generate(ctx, attributes, num, mode, model, method, steps, seed, name, strength, verbose)
