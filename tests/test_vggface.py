@@ -150,6 +150,11 @@ def test_vggface_preprocessing_is_scale_and_rgb_mean(model, images):
             model.activations(pre, ["conv1_1"])["conv1_1"], jax.nn.relu(model.conv1_1(pre)),
             rtol=1e-5, atol=1e-3,
         )
+        model.preprocess = "centered"
+        np.testing.assert_allclose(
+            model.activations(images, ["conv1_1"])["conv1_1"], jax.nn.relu(model.conv1_1(images * 2.0 - 1.0)),
+            rtol=1e-5, atol=1e-5,
+        )
     finally:
         model.preprocess = "vggface"
     assert VGGFACE_MEAN_RGB[0] > VGGFACE_MEAN_RGB[2]  # red mean first (RGB order)

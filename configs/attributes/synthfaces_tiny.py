@@ -1,4 +1,6 @@
-"""Attribute classifier on the embedded synthetic faces: a width-0.25 VGG-Face at 64 px (CPU-sized).
+"""Attribute classifier on the embedded synthetic faces: a width-1/8 VGG-Face at 64 px (CPU-sized).
+
+On a 2-core CPU this trains in under 5 minutes to about 0.90 mean per-attribute test accuracy.
 
     jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/tiny
     jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/t --config.num_train_steps=20
@@ -26,22 +28,22 @@ def get_config():
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "vggface"
-    config.model.width = 0.25
+    config.model.width = 0.125  # per wall-clock second, 1/8 width learnt faster here than 1/4
     config.model.input_size = 64
-    config.model.dropout = 0.5
-    # From scratch, unit-scale inputs train far better than the 0-255 VGG-Face (Caffe) convention, which
-    # is what converted VGG-Face weights expect (set "vggface" with model.init_from).
-    config.model.preprocess = "none"
+    config.model.dropout = 0.0  # 20k images seen about 3.5 times: dropout only slowed learning
+    # From scratch, zero-centred [-1, 1] inputs train far better than the 0-255 VGG-Face (Caffe)
+    # convention, which is what converted VGG-Face weights expect (set "vggface" with model.init_from).
+    config.model.preprocess = "centered"
     config.model.init_from = ""  # a converted VGG-Face weight directory (jaxface convert-weights)
     config.freeze_below = ""  # e.g. "fc6" or "conv5_1": layers below it are not trained
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
-    config.optimizer.learning_rate = 1e-3
+    config.optimizer.learning_rate = 2e-3
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 1e-4
     config.optimizer.schedule = "cosine"  # or "constant"
-    config.optimizer.warmup_steps = 100
+    config.optimizer.warmup_steps = 50
     config.optimizer.grad_clip_norm = 1.0
     # Learning-rate multipliers by layer name prefix, e.g. {"heads": 10.0, "fc": 1.0, "conv": 0.1}.
     config.optimizer.lr_multipliers = ml_collections.ConfigDict()
@@ -54,9 +56,9 @@ def get_config():
 
     config.batch_size = 64
     config.eval_batch_size = 128
-    config.num_train_steps = 1200
-    config.eval_every_steps = 400
-    config.checkpoint_every_steps = 200
+    config.num_train_steps = 1100
+    config.eval_every_steps = 550
+    config.checkpoint_every_steps = 275
     config.keep_checkpoints = 3
     config.log_every_steps = 50
     return config

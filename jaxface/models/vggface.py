@@ -15,7 +15,8 @@ Preprocessing (`preprocess='vggface'`, the default): inputs are the library's fl
 the model computes x * 255 - mean_rgb with the original training mean pixel (R, G, B) =
 (129.1863, 104.7624, 93.5940). Kernels are always in RGB input-channel order: the MatConvNet release
 and Albanie's `vgg_face_dag.pth` are already RGB; only a direct Caffe export is BGR, and the converter
-flips its first-layer kernel. `preprocess='none'` feeds the input to conv1_1 unchanged.
+flips its first-layer kernel. `preprocess='centered'` maps [0, 1] to [-1, 1] (for training from
+scratch, where zero-centred inputs train fastest); `preprocess='none'` feeds the input to conv1_1 unchanged.
 
 Taps (`activations`): every name in LAYER_NAMES. Convolution and fc taps are the post-ReLU outputs
 (before dropout for fc6/fc7); pool taps are the pooled maps; 'heads' is the list of head logits.
@@ -40,7 +41,7 @@ VGGFACE_MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)
 # (block, number of convolutions, base channels)
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 BASE_FC_DIM = 4096
-PREPROCESS_MODES = ("vggface", "none")
+PREPROCESS_MODES = ("vggface", "centered", "none")
 
 
 def _layer_names() -> tuple[str, ...]:
@@ -226,6 +227,8 @@ class VGGFace(nnx.Module):
         if self.preprocess == "vggface":
             # In float32 even for a bfloat16 model: x * 255 - mean needs more than 8 mantissa bits.
             x = x.astype(jnp.float32) * 255.0 - jnp.asarray(VGGFACE_MEAN_RGB, dtype=jnp.float32)
+        elif self.preprocess == "centered":
+            x = x.astype(jnp.float32) * 2.0 - 1.0  # [-1, 1]: zero-centred inputs for training from scratch
         return x.astype(self.dtype)
 
     def activations(
