@@ -273,3 +273,21 @@ def test_spectrum_fit_rejects_bad_labels():
         spectrum.fit_spectrum_classifier(feats, np.arange(10) % 3)
     with pytest.raises(spectrum.SpectrumFitError, match="match features"):
         spectrum.fit_spectrum_classifier(feats, np.ones(9))
+
+
+@pytest.mark.parametrize("channels,kernel,stride,bias", [(16, 3, 1, False), (24, 5, 2, True), (8, 7, 1, True)])
+def test_depthwise_conv_equals_the_native_grouped_convolution(channels, kernel, stride, bias):
+    conv = layers.conv2d(channels, channels, kernel, stride=stride, groups=channels, use_bias=bias, rngs=nnx.Rngs(0))
+    assert isinstance(conv, layers.DepthwiseConv)
+    if bias:
+        conv.bias[...] = jax.random.normal(jax.random.key(3), conv.bias.shape)
+    x = jax.random.normal(jax.random.key(1), (2, 15, 15, channels))
+    native = lambda m, x: nnx.Conv.__call__(m, x)  # noqa: E731
+
+    def loss(call, m, x):
+        return (call(m, x) ** 2).sum()
+
+    np.testing.assert_allclose(conv(x), native(conv, x), rtol=1e-5, atol=1e-5)
+    grads = nnx.grad(lambda m: loss(lambda m, x: m(x), m, x))(conv)
+    native_grads = nnx.grad(lambda m: loss(native, m, x))(conv)
+    np.testing.assert_allclose(grads["kernel"][...], native_grads["kernel"][...], rtol=1e-4, atol=1e-3)

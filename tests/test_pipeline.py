@@ -121,3 +121,19 @@ def test_unknown_source_and_split_list_valid_names():
     cfg = ml_collections.ConfigDict({"source": "celeba", "root": None})
     with pytest.raises(pipeline.DataConfigError, match="data.root"):
         pipeline.build_source(cfg, "train")
+
+
+def test_reader_threads_default_by_source_and_are_validated():
+    import ml_collections
+
+    def spec(source, **data):
+        cfg = ml_collections.ConfigDict({"seed": 0, "batch_size": 8,
+                                         "data": {"source": source, "image_size": 32, **data}})
+        return pipeline.loader_spec_from_config(cfg, "train")
+
+    assert spec("synthfaces").read_threads == 1  # rendering holds the GIL: one thread is fastest
+    assert spec("synthfakes").read_threads == 1
+    assert spec("realfake").read_threads == 16  # file decoding releases it
+    assert spec("synthfaces", read_threads=4).read_threads == 4
+    with pytest.raises(pipeline.DataConfigError, match="data.read_threads must be a positive integer"):
+        spec("realfake", read_threads=0)

@@ -203,6 +203,7 @@ class LoaderSpec:
     worker_count: int = 0
     strict: bool = False
     augment: Any = None  # a grain transform applied after resizing (training only)
+    read_threads: int = 16  # grain's reader threads per process (with worker_count=0, in this process)
 
 
 def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
@@ -221,6 +222,7 @@ def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
     ops.append(grain.transforms.Batch(per_process, drop_remainder=spec.train))
     return grain.DataLoader(
         data_source=source, sampler=sampler, operations=ops, worker_count=spec.worker_count,
+        read_options=grain.ReadOptions(num_threads=spec.read_threads, prefetch_buffer_size=500),
     )
 
 
@@ -267,9 +269,20 @@ class ShardedBatches:
         self._iter.set_state(state)
 
 
+# Rendered sources are pure-Python/numpy work that holds the GIL: one reader thread renders 2.3x
+# faster than grain's default 16 (measured on 2 cores), while file decoding (PIL releases the GIL)
+# gains from many threads.
+RENDERED_SOURCES = ("synthfaces", "synthfakes")
+
+
 def loader_spec_from_config(config, split: str, training: bool | None = None) -> LoaderSpec:
     """training (default: split == 'train') means shuffled, endless, drop-remainder batches."""
     data = config.data
+    rendered = _opt(data, "source", "synthfaces") in RENDERED_SOURCES
+    read_threads = _opt(data, "read_threads", None)
+    read_threads = (1 if rendered else 16) if read_threads is None else int(read_threads)
+    if read_threads < 1:
+        raise DataConfigError(f"data.read_threads must be a positive integer, got {read_threads}")
     train = split == "train" if training is None else training
     batch = int(_opt(config, "eval_batch_size", config.batch_size)) if not train else int(config.batch_size)
     return LoaderSpec(
@@ -279,6 +292,7 @@ def loader_spec_from_config(config, split: str, training: bool | None = None) ->
         train=train,
         worker_count=int(_opt(data, "worker_count", 0)),
         strict=bool(_opt(data, "strict", False)),
+        read_threads=read_threads,
     )
 
 

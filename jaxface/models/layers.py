@@ -224,7 +224,8 @@ def conv2d(
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """A PyTorch-style Conv2d: symmetric padding (k-1)//2 unless given, HWIO kernel."""
-    return nnx.Conv(
+    depthwise = groups > 1 and groups == in_channels == out_channels and padding is None
+    return (DepthwiseConv if depthwise else nnx.Conv)(
         in_channels,
         out_channels,
         (kernel_size, kernel_size),
@@ -236,6 +237,36 @@ def conv2d(
         bias_init=zeros_init,
         rngs=rngs,
     )
+
+
+class DepthwiseConv(nnx.Conv):
+    """A depthwise (groups = channels) nnx.Conv with the same parameters, computed on CPU as a sum of
+    k*k shifted, per-channel-scaled slices of the padded input.
+
+    XLA's CPU grouped convolution is slow, above all its gradients: at MobileNetV3 sizes the shifted
+    sum ran forward+backward 3-16x faster on 2 cores (same result to float32 rounding). Other backends
+    keep the native grouped convolution, which they implement well.
+    """
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if jax.default_backend() != "cpu" or inputs.ndim != 4:
+            return super().__call__(inputs, out_sharding)
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        (pt, pb), (pl, pr) = self.padding
+        x = jnp.pad(inputs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        n, hp, wp, c = x.shape
+        ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+        kernel = self.kernel[...].astype(x.dtype)
+        out = None
+        for dy in range(kh):
+            for dx in range(kw):
+                window = jax.lax.slice(x, (0, dy, dx, 0), (n, dy + (ho - 1) * sh + 1, dx + (wo - 1) * sw + 1, c),
+                                       (1, sh, sw, 1))
+                term = window * kernel[dy, dx, 0]
+                out = term if out is None else out + term
+        if self.bias is not None:
+            out = out + self.bias[...].astype(out.dtype)
+        return out
 
 
 class ConvBN(nnx.Module):
