@@ -125,8 +125,10 @@ def test_dropout_only_in_train_mode(model, images):
 
 
 def test_input_size_errors():
-    with pytest.raises(ValueError, match="multiple of 32"):
-        VGGFace(head_sizes=None, input_size=50, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="at least 32"):
+        VGGFace(head_sizes=None, input_size=24, rngs=nnx.Rngs(0))
+    odd = _abstract(head_sizes=None, width=0.125, input_size=112)  # floor pooling: 112 -> 3x3 at pool5
+    assert odd.final_spatial == 3 and odd.fc6.in_features == 9 * 64
     with pytest.raises(ValueError, match="width"):
         VGGFace(head_sizes=None, width=0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="preprocess"):

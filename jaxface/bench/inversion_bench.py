@@ -68,8 +68,7 @@ _VGGFACE_MEAN_RGB = (129.1863, 104.7624, 93.5940)
 @dataclasses.dataclass(frozen=True)
 class BuiltinVGG16:
     """apply(params, images) -> activations of `layer`: a plain VGG-16 conv stack, VGG-Face topology and
-    preprocessing, in NHWC or NCHW. For sizes that jaxface.models.vggface does not take (it needs a
-    multiple of 32 for its fc layers, conv taps need only 16) and for layout experiments."""
+    preprocessing, in NHWC or NCHW, without jaxface.models.vggface's fc layers: for layout experiments."""
 
     layer: str = "conv5_3"
     layout: str = "NHWC"
@@ -276,9 +275,9 @@ def bench_config(
                 compile_s=round(compile_s[loop], 2),
                 speedup_vs_python_loop=None if python_s is None else round(python_s / step_s[loop], 3),
                 load_average=load_before,
-                **env,
             )
         )
+        records[-1] = {**env, **records[-1]}  # this record's own backend/devices/load win
         log(_row(records[-1]))
     return records
 

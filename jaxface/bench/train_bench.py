@@ -89,7 +89,8 @@ def run(names=("tiny", "full64", "full112", "full224"), steps: int = 5) -> list[
         record = bench_case(CASES[name], steps=steps, peak=peak)
         record.update(env)
         records.append(record)
-        common.print_table([record], COLUMNS)
+        print(f"  {name}: {record['images_per_s']:.4g} images/s", flush=True)  # progress; table below
+    common.print_table(records, COLUMNS)
     return records
 
 

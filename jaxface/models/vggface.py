@@ -7,7 +7,8 @@ conv3_1..3 pool3 | conv4_1..3 pool4 | conv5_1..3 pool5 | fc6 fc7 (dropout after 
 Size knobs, so that CPU configs stay small:
   * `width` scales every channel count (64/128/256/512 -> round(c * width), at least 1) and the fc width
     (4096 -> round(4096 * width), at least 1). width=1 is the published network.
-  * `input_size` (a multiple of 32) fixes the spatial size, so fc6 reads a flattened
+  * `input_size` (at least 32; pools floor odd sizes, as the original's do, so 112 gives a 3x3
+    pool5) fixes the spatial size, so fc6 reads a flattened
     (input_size // 32)^2 * C5 vector. fc6's kernel rows are in our NHWC flatten order (row, column,
     channel); the converter (`convert_vggface.py`) reorders the original's (C, H, W) / MatConvNet rows.
 
@@ -128,10 +129,10 @@ class VGGFace(nnx.Module):
     ):
         if not (isinstance(width, (int, float)) and width > 0):
             raise ValueError(f"width must be a positive number (1.0 is the published VGG-Face), got {width!r}")
-        if not isinstance(input_size, (int, np.integer)) or input_size < 32 or input_size % 32:
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 32:
             raise ValueError(
-                f"input_size must be a positive multiple of 32 (5 stride-2 pools), e.g. 32, 64, 112 "
-                f"... 224; got {input_size!r}"
+                f"input_size must be an integer of at least 32 (5 stride-2 pools), e.g. 32, 64, 112, 224; "
+                f"got {input_size!r}"
             )
         if preprocess not in PREPROCESS_MODES:
             raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
