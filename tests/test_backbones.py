@@ -275,7 +275,7 @@ def test_spectrum_fit_rejects_bad_labels():
         spectrum.fit_spectrum_classifier(feats, np.ones(9))
 
 
-@pytest.mark.parametrize("channels,kernel,stride,bias", [(16, 3, 1, False), (24, 5, 2, True), (8, 7, 1, True)])
+@pytest.mark.parametrize("channels,kernel,stride,bias", [(16, 3, 1, False), (8, 5, 2, True)])
 def test_depthwise_conv_equals_the_native_grouped_convolution(channels, kernel, stride, bias):
     conv = layers.conv2d(channels, channels, kernel, stride=stride, groups=channels, use_bias=bias, rngs=nnx.Rngs(0))
     assert isinstance(conv, layers.DepthwiseConv)

@@ -81,7 +81,11 @@ def _final_params(workdir):
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = 30
     env = dict(os.environ)
-    subprocess.run(_cli(tmp_path / "full", steps), cwd=REPO, env=env, check=True, capture_output=True)
+    # the uninterrupted run goes alongside the killed one (independent processes; saves wall time)
+    full_log = tmp_path / "full.log"
+    with open(full_log, "w") as log:
+        full = subprocess.Popen(_cli(tmp_path / "full", steps), cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     proc = subprocess.Popen(_cli(tmp_path / "killed", steps), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckpt = tmp_path / "killed" / "checkpoints"
@@ -98,6 +102,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run(_cli(tmp_path / "killed", steps), cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from checkpoint step" in resumed.stdout
+    full.wait(timeout=600)
+    assert full.returncode == 0, full_log.read_text()
     step_a, a = _final_params(tmp_path / "full")
     step_b, b = _final_params(tmp_path / "killed")
     assert step_a == step_b == steps

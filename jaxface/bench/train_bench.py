@@ -30,7 +30,8 @@ class Case:
 
 
 CASES = {
-    "tiny": Case("tiny", 0.25, 64, 64),
+    "tiny": Case("tiny", 0.125, 64, 64),  # configs/attributes/synthfaces_tiny.py
+    "tiny_w025": Case("tiny_w025", 0.25, 64, 64),
     "full64": Case("full64", 1.0, 64, 16),
     "full112": Case("full112", 1.0, 112, 8),
     "full224": Case("full224", 1.0, 224, 4),
@@ -81,7 +82,7 @@ def bench_case(case: Case, *, steps: int = 5, peak: float | None = None) -> dict
     }
 
 
-def run(names=("tiny", "full64", "full112", "full224"), steps: int = 5) -> list[dict]:
+def run(names=("tiny", "tiny_w025", "full64", "full112", "full224"), steps: int = 5) -> list[dict]:
     peak, _ = common.measure_matmul_peak()
     env = common.environment()
     records = []
