@@ -244,40 +244,38 @@ def bench_config(
         gflops = problem.flops_per_step / step_s[loop] / 1e9
         cpu_s = statistics.median(cpu_times[loop])
         gflops_per_cpu_s = problem.flops_per_step / cpu_s / 1e9
-        records.append(
-            dict(
-                suite=SUITE,
-                name=config.name,
-                loop=loop,
-                backend=jax.default_backend(),
-                devices=1,
-                resolution=config.resolution,
-                batch=config.batch,
-                width=config.width,
-                layer=config.layer,
-                model=problem.model,
-                steps=chunk * repeats,
-                chunk=chunk,
-                step_ms=round(step_s[loop] * 1e3, 2),
-                step_ms_min=round(min(times[loop]) * 1e3, 2),
-                # CPU seconds of this process per step (all threads): less sensitive than wall time
-                # to other processes sharing the cores.
-                cpu_ms_per_step=round(cpu_s * 1e3, 2),
-                image_steps_per_cpu_s=round(config.batch / cpu_s, 2),
-                image_steps_per_s=round(config.batch / step_s[loop], 2),
-                gflop_per_step=round(problem.flops_per_step / 1e9, 3),
-                gflops_per_s=round(gflops, 2),
-                peak_gflops_per_s=round(peak_gflops, 2),
-                fraction_of_peak=round(gflops / peak_gflops, 3),
-                gflops_per_cpu_s=round(gflops_per_cpu_s, 2),
-                peak_gflops_per_cpu_s=round(peak_gflops_per_cpu_s, 2),
-                cpu_fraction_of_peak=round(gflops_per_cpu_s / peak_gflops_per_cpu_s, 3),
-                compile_s=round(compile_s[loop], 2),
-                speedup_vs_python_loop=None if python_s is None else round(python_s / step_s[loop], 3),
-                load_average=load_before,
-            )
+        record = dict(
+            suite=SUITE,
+            name=config.name,
+            loop=loop,
+            backend=jax.default_backend(),
+            devices=1,
+            resolution=config.resolution,
+            batch=config.batch,
+            width=config.width,
+            layer=config.layer,
+            model=problem.model,
+            steps=chunk * repeats,
+            chunk=chunk,
+            step_ms=round(step_s[loop] * 1e3, 2),
+            step_ms_min=round(min(times[loop]) * 1e3, 2),
+            # CPU seconds of this process per step (all threads): less sensitive than wall time
+            # to other processes sharing the cores.
+            cpu_ms_per_step=round(cpu_s * 1e3, 2),
+            image_steps_per_cpu_s=round(config.batch / cpu_s, 2),
+            image_steps_per_s=round(config.batch / step_s[loop], 2),
+            gflop_per_step=round(problem.flops_per_step / 1e9, 3),
+            gflops_per_s=round(gflops, 2),
+            peak_gflops_per_s=round(peak_gflops, 2),
+            fraction_of_peak=round(gflops / peak_gflops, 3),
+            gflops_per_cpu_s=round(gflops_per_cpu_s, 2),
+            peak_gflops_per_cpu_s=round(peak_gflops_per_cpu_s, 2),
+            cpu_fraction_of_peak=round(gflops_per_cpu_s / peak_gflops_per_cpu_s, 3),
+            compile_s=round(compile_s[loop], 2),
+            speedup_vs_python_loop=None if python_s is None else round(python_s / step_s[loop], 3),
+            load_average=load_before,
         )
-        records[-1] = {**env, **records[-1]}  # this record's own backend/devices/load win
+        records.append({**env, **record})  # this record's own backend/devices/load win
         log(_row(records[-1]))
     return records
 

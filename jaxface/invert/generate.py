@@ -641,6 +641,7 @@ def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None) -> tuple[
         raise GenerateError(f"--sweep: {path} must hold a non-empty JSON list of entries like "
                             '{"attributes": "Male, Smiling", "seeds": [0, 1]}')
     items, sets = [], []
+    default_strength = _default_strength(ctx)
     for n, entry in enumerate(entries):
         where = f"sweep entry {n}"
         if not isinstance(entry, dict):
@@ -670,7 +671,7 @@ def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None) -> tuple[
         label = str(entry.get("label") or f"{n:03d}_{_slug('-'.join(names))}_{method}"
                     + (f"_{model}_{mode}" if method == "invert" else ""))
         _check_name(label)
-        strength = _strength(entry.get("strength", _default_strength(ctx)), where)
+        strength = _strength(entry.get("strength", default_strength), where)
         sets.append(dict(index=n, label=label, attributes=names, method=method, model=model, mode=mode,
                          strength=strength, seeds=seeds, settings=settings.as_dict()))
         items += [Item(n, names, indices, s, mode, model, method, settings, strength) for s in seeds]
