@@ -163,7 +163,7 @@ def cmd_generate(argv):
         pathlib.Path(FLAGS.workdir), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
         model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
         reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
-        strength=FLAGS.strength)
+        strength=FLAGS.strength, layers=FLAGS.layers)
     print(result["text"])
     _print_outputs(result["outputs"])
 
@@ -241,6 +241,8 @@ def _flags_generate():
     flags.DEFINE_integer("steps", None, "Optimisation steps (default from the generate config).")
     flags.DEFINE_integer("seed", 0, "Random seed (noise, jitter, samples).")
     flags.DEFINE_string("reconstruct", None, "Invert the true activations of this image instead.")
+    flags.DEFINE_string("layers", None, "With --reconstruct: comma-separated layers to invert together "
+                        "(default: the fitted cGMM layer), e.g. conv2_2,conv5_3.")
     flags.DEFINE_string("sweep", None, "JSON file: a list of {attributes, seeds|num, settings}.")
     flags.DEFINE_string("name", None, "Output folder name under WORKDIR/generate/.")
     flags.DEFINE_float("strength", None, "Scale the target's departure from the mean activation "

@@ -440,6 +440,23 @@ def test_store_round_trip(fitted_store, tmp_path):
     assert meta["counts"]["Blurry"] == 2 and meta["excluded"] == ["Blurry"]
     assert meta["weights"]["Blurry"] == 0.0
     assert "Blurry" in loaded.summary()
+    assert loaded.image_prior is None and meta["image_prior"] is None
+
+
+def test_store_round_trips_the_image_prior(fitted_store, tmp_path):
+    from jaxface.invert import param
+
+    images = np.random.default_rng(0).uniform(size=(20, 8, 8, 3))
+    prior, _ = param.fit_image_prior(images, 5)
+    with_prior = dataclasses.replace(fitted_store, image_prior=prior, image_size=8)
+    store.save_cgmm(tmp_path / "cgmm", with_prior)
+    loaded = store.load_cgmm(tmp_path / "cgmm")
+    assert loaded.image_size == 8
+    for got, want in zip(loaded.image_prior, prior):
+        np.testing.assert_array_equal(got, want)
+    assert "image prior: 5 principal components of 8x8 images" in loaded.summary()
+    with pytest.raises(store.CGMMStoreError, match="do not describe 9x9x3 images"):
+        dataclasses.replace(fitted_store, image_prior=prior, image_size=9)
 
 
 def test_store_errors(fitted_store, tmp_path):

@@ -76,6 +76,32 @@ def test_fit_writes_the_store_its_metadata_and_the_generate_config(classifier, f
     np.testing.assert_array_equal(loaded.weights, fitted["store"].weights)
     saved = json.loads((directory / "config.json").read_text())
     assert saved["invert"]["steps"] == gen_config().invert.steps
+    # the image prior of param='pca': the PCA of the training images as the classifier sees them
+    prior = loaded.image_prior
+    assert loaded.image_size == 32 and meta["image_prior"]["image_size"] == 32
+    report = meta["extra"]["image_prior"]
+    assert report["num_images"] == 256 and prior.components == report["components"] <= 255
+    np.testing.assert_allclose(np.asarray(prior.basis, np.float64) @ np.asarray(prior.basis, np.float64).T,
+                               np.eye(prior.components), atol=1e-3)
+    assert np.all(np.diff(prior.std) <= 1e-6)
+    assert 0.9 < report["explained_variance"] <= 1.0 + 1e-9, report
+    assert "image prior (param='pca')" in text
+
+
+def test_image_prior_is_the_pca_of_the_first_training_images(classifier, tmp_path):
+    cfg = gen_config(**{"generate.classifier_workdir": str(classifier), "generate.prior_examples": 40,
+                        "generate.prior_components": 8, "generate.max_heldout_examples": 64})
+    s = fit.fit_cgmm_command(cfg, tmp_path)["store"]
+    images = np.stack([r["image"] for r in pipeline.build_source(classifier_config().data, "train")._getitems(
+        list(range(40)))]).astype(np.float32) / 255.0
+    flat = images.reshape(40, -1).astype(np.float64)
+    _, singular, vt = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    np.testing.assert_allclose(s.image_prior.mean, flat.mean(0), atol=1e-5)
+    np.testing.assert_allclose(s.image_prior.std, singular[:8] / np.sqrt(40), rtol=1e-3)
+    np.testing.assert_allclose(np.abs(np.asarray(s.image_prior.basis, np.float64) @ vt[:8].T), np.eye(8), atol=1e-3)
+    none = fit.fit_cgmm_command(gen_config(**{"generate.classifier_workdir": str(classifier),
+                                              "generate.prior_components": 0}), tmp_path / "none")["store"]
+    assert none.image_prior is None and "image prior: no" in none.summary()
 
 
 def test_streamed_sharded_statistics_equal_a_naive_per_image_computation(classifier, fitted):
@@ -115,5 +141,9 @@ def test_fit_errors_are_clear(classifier, tmp_path):
         fit.fit_cgmm_command(gen_config(**{"generate.min_count": 10_000}), classifier)
     with pytest.raises(fit.FitConfigError, match="generate.weights"):
         fit.fit_cgmm_command(gen_config(**{"generate.weights": "best"}), classifier)
+    with pytest.raises(fit.FitConfigError, match="prior_components must be >= 0"):
+        fit.fit_cgmm_command(gen_config(**{"generate.prior_components": -1}), classifier)
+    with pytest.raises(fit.FitConfigError, match="prior_examples must be at least 2"):
+        fit.fit_cgmm_command(gen_config(**{"generate.prior_examples": 1}), classifier)
     with pytest.raises(fit.FitConfigError, match="no 'generate' section"):
         fit.fit_cgmm_command(classifier_config(), classifier)

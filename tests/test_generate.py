@@ -92,6 +92,24 @@ def test_reconstruct_writes_the_input_and_its_reconstruction_side_by_side(workdi
     assert r["input"] == str(path)
     assert np.isfinite(r["feature_error"]) and 0.0 <= r["head_agreement"] <= 1.0
     assert "feature error" in result["text"]
+    assert r["settings"]["layers"] == ["conv5_3"]
+    assert r["layer_feature_errors"]["conv5_3"] == pytest.approx(r["feature_error"], rel=1e-3, abs=1e-5)
+
+
+def test_reconstruct_from_several_layers_reports_each(workdir, tmp_path):
+    record = pipeline.build_source(classifier_config().data, "test")[1]
+    path = files.save_image(tmp_path / "face.png", record["image"])
+    result = gen.generate_command(workdir, reconstruct=str(path), layers="conv2_2, conv5_3", num=2,
+                                  verbose=False)
+    records = read_results(result)
+    assert len(records) == 2
+    for r in records:
+        assert r["settings"]["layers"] == ["conv2_2", "conv5_3"]
+        errors = r["layer_feature_errors"]
+        assert set(errors) == {"conv2_2", "conv5_3"} and all(np.isfinite(e) for e in errors.values())
+        # the objective is their mean plus the prior (settings from the fitted config)
+        assert r["objective"] >= 0.5 * (errors["conv2_2"] + errors["conv5_3"]) - 1e-6
+    assert "at conv2_2" in result["text"]
 
 
 def test_sweep_groups_equal_settings_into_one_batched_call_and_writes_summaries(workdir, tmp_path):
@@ -144,6 +162,7 @@ def test_user_errors_are_clear(workdir, tmp_path):
         (dict(attributes="Male", strength=float("nan")), r"--strength: strength must be a positive number"),
         (dict(attributes="Male", name="../x"), r"--name"),
         (dict(attributes="Male", sweep="x.json"), r"give one of"),
+        (dict(attributes="Male", layers="conv2_2"), r"--layers applies to --reconstruct only"),
         (dict(), r"no attributes given"),
     ]
     for kwargs, pattern in cases:
@@ -158,12 +177,19 @@ def test_user_errors_are_clear(workdir, tmp_path):
         gen.generate_command(workdir, reconstruct=str(bad), verbose=False)
     with pytest.raises(gen.GenerateError, match=r"--reconstruct: cannot decode image .*missing.png"):
         gen.generate_command(workdir, reconstruct=str(tmp_path / "missing.png"), verbose=False)
+    face = files.save_image(tmp_path / "face.png", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(gen.GenerateError, match=r"--layers: unknown or unusable layer 'conv9_9'.*valid: conv1_1"):
+        gen.generate_command(workdir, reconstruct=str(face), layers="conv9_9", verbose=False)
+    with pytest.raises(gen.GenerateError, match=r"--layers=.*distinct"):
+        gen.generate_command(workdir, reconstruct=str(face), layers="conv5_3,conv5_3", verbose=False)
 
     sweeps = [
         ([{"attributes": "Male", "colour": "red"}], r"sweep entry 0: unknown key\(s\) 'colour'"),
         ([{"attributes": "Male"}, {"attributes": "Bogus"}], r"sweep entry 1: unknown attribute 'Bogus'"),
         ([{"attributes": "Male", "settings": {"learning_rate": 1}}], r"unknown sweep entry 0 settings key"),
         ([{"attributes": "Male", "seeds": [-1]}], r"seeds must be integers"),
+        ([{"attributes": "Male", "settings": {"param": "wavelet"}}], r"param='wavelet'; valid: pixels, fft, pca"),
+        ([{"attributes": "Male", "settings": {"param": "fft", "prior_weight": 0.1}}], r"prior_weight=0.1 needs param='pca'"),
         ([], r"non-empty JSON list"),
     ]
     for n, (entries, pattern) in enumerate(sweeps):
@@ -174,6 +200,22 @@ def test_user_errors_are_clear(workdir, tmp_path):
     (tmp_path / "bad.json").write_text("[{")
     with pytest.raises(gen.GenerateError, match=r"not valid JSON"):
         gen.generate_command(workdir, sweep=str(tmp_path / "bad.json"), verbose=False)
+
+
+def test_pca_without_a_fitted_image_prior_is_refused_with_the_remedy(workdir, tmp_path):
+    import shutil
+    from jaxface.cgmm import store as store_lib
+
+    other = tmp_path / "w"
+    shutil.copytree(workdir / "cgmm", other / "cgmm")
+    config = json.loads((other / "cgmm" / "config.json").read_text())
+    config["generate"]["classifier_workdir"] = str(workdir)
+    (other / "cgmm" / "config.json").write_text(json.dumps(config))
+    fitted = store_lib.load_cgmm(other / "cgmm")
+    fitted.image_prior, fitted.image_size = None, None
+    store_lib.save_cgmm(other / "cgmm", fitted)
+    with pytest.raises(gen.GenerateError, match=r"param='pca' needs the image prior.*prior_components > 0"):
+        gen.generate_command(other, attributes="Male", num=1, verbose=False)
 
 
 def test_strength_scales_the_targets_departure_from_the_mean_activation(workdir):

@@ -197,6 +197,67 @@ def test_fft_parameterisation_scales_low_frequencies_up():
     assert np.abs(to_image(low) - base).sum() > 5 * np.abs(to_image(high) - base).sum()
 
 
+@pytest.fixture(scope="module")
+def prior():
+    """PCA prior of 40 smooth 32 px images, 12 components."""
+    images = np.concatenate([np.asarray(_smooth_images(4, seed)) for seed in range(10, 20)])
+    return param.fit_image_prior(images, 12)
+
+
+def test_image_prior_is_the_pca_of_its_images(prior):
+    images = np.concatenate([np.asarray(_smooth_images(4, seed)) for seed in range(10, 20)])
+    prior, report = prior
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    # Reference: SVD of the centred data matrix.
+    _, singular, vt = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    np.testing.assert_allclose(prior.mean, flat.mean(0), atol=1e-6)
+    np.testing.assert_allclose(prior.std, singular[:12] / np.sqrt(len(flat)), rtol=1e-4)
+    overlap = np.abs(np.asarray(prior.basis, np.float64) @ vt[:12].T)  # same directions up to sign
+    np.testing.assert_allclose(overlap, np.eye(12), atol=1e-3)
+    assert report == dict(num_images=40, components=12,
+                          explained_variance=pytest.approx(np.sum(singular[:12] ** 2) / np.sum(singular**2)))
+    # Coefficients of the training images are whitened: unit variance along every component.
+    coeffs = param.make_image_param("pca", SIZE, prior=prior).from_image(images, prior)
+    np.testing.assert_allclose(np.var(np.asarray(coeffs), axis=0), 1.0, rtol=1e-3)
+
+
+def test_pca_parameterisation_round_trips_and_starts_from_the_prior(prior):
+    prior, _ = prior
+    image_param = param.make_image_param("pca", SIZE, prior=prior)
+    coeffs = 0.5 * jax.random.normal(jax.random.key(1), (3, 12))
+    images = image_param.to_image(coeffs, prior)
+    assert images.shape == (3, SIZE, SIZE, 3) and image_param.param_shape(3) == (3, 12)
+    inner = (images > 0) & (images < 1)  # away from the clip, the map is linear and invertible
+    assert inner.mean() > 0.95
+    np.testing.assert_allclose(image_param.from_image(images, prior), coeffs, atol=0.05)
+    # Starts: the mean image without noise; per-item coefficient noise of the asked size otherwise.
+    start, _ = param.make_param("pca", 2, SIZE, jax.random.key(0), noise_std=0.0, prior=prior)
+    np.testing.assert_allclose(start, 0.0, atol=1e-5)
+    noisy, _ = param.make_param("pca", 512, SIZE, jax.random.key(0), noise_std=0.5, prior=prior)
+    assert abs(float(np.std(noisy)) - 0.5) < 0.02
+    one, _ = param.make_param("pca", 1, SIZE, jax.random.key(0), noise_std=0.5, prior=prior, item_ids=[7])
+    np.testing.assert_allclose(one[0], noisy[7], atol=1e-6)
+
+
+def test_pca_inversion_with_its_prior_matches_features_and_shards(problem, prior):
+    prior, _ = prior
+    weights, images, targets = problem
+    kw = dict(param="pca", image_prior=prior, prior_weight=0.01, noise_std=0.5, blur_every=0, tv_weight=0.0)
+    start = _invert(problem, steps=1, **kw)
+    result = _invert(problem, steps=30, **kw)
+    assert np.all(result.feature_error < 0.7 * start.feature_error)
+    assert set(result.terms) == {"feature_match", "coefficient_prior"}
+    # Every image lies in the prior's subspace (up to clipping).
+    image_param = param.make_image_param("pca", SIZE, prior=prior)
+    projected = image_param.to_image(image_param.from_image(result.images, prior), prior)
+    np.testing.assert_allclose(projected, result.images, atol=2e-3)
+    sharded = _invert(problem, steps=30, mesh=jax.make_mesh((8,), ("data",)), **kw)
+    np.testing.assert_allclose(sharded.images, result.images, atol=1e-4)
+    # A larger prior weight pulls the coefficients towards the prior's mean face.
+    strong = _invert(problem, steps=30, **{**kw, "prior_weight": 10.0})
+    assert np.all(strong.terms["coefficient_prior"] < 0.5 * result.terms["coefficient_prior"])
+
+
 class _TinyClassifier(nnx.Module):
     def __init__(self, head_sizes, rngs):
         self.conv = nnx.Conv(3, 8, (3, 3), strides=(2, 2), rngs=rngs)
@@ -250,7 +311,7 @@ def test_bad_options_raise_clear_errors(problem):
     weights, _, targets = problem
     model = (_features, weights)
     base = dict(key=jax.random.key(0), steps=2, size=SIZE)
-    with pytest.raises(ValueError, match="unknown parameterisation 'wavelet'; valid: pixels, fft"):
+    with pytest.raises(ValueError, match="unknown parameterisation 'wavelet'; valid: pixels, fft, pca"):
         render.invert(model, targets, param="wavelet", **base)
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'; valid: adam, sgd"):
         render.invert(model, targets, optimizer="lbfgs", **base)
@@ -266,6 +327,15 @@ def test_bad_options_raise_clear_errors(problem):
         render.invert(model, targets, init_image=np.zeros((16, 16, 3)), **base)
     with pytest.raises(ValueError, match="unknown pixel_mode"):
         param.make_param("pixels", 1, SIZE, jax.random.key(0), pixel_mode="tanh")
+    with pytest.raises(ValueError, match="param='pca' needs an image prior"):
+        render.invert(model, targets, param="pca", **base)
+    small_prior, _ = param.fit_image_prior(np.asarray(_smooth_images(4, 3))[:, :16, :16], 2)
+    with pytest.raises(ValueError, match="models 768 values per image; 32x32x3 images need 3072"):
+        render.invert(model, targets, param="pca", image_prior=small_prior, **base)
+    with pytest.raises(ValueError, match="prior_weight is the Gaussian prior of param='pca'"):
+        render.invert(model, targets, prior_weight=0.1, **base)
+    with pytest.raises(ValueError, match="the images are all identical"):
+        param.fit_image_prior(np.zeros((3, 4, 4, 3)), 2)
     with pytest.raises(ValueError, match="unknown pad mode"):
         transforms.make_transform_config(pad=2, pad_mode="mirror")
     with pytest.raises(ValueError, match="mesh needs an axis named 'data'"):

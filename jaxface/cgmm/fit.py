@@ -3,7 +3,8 @@
 Three passes over data, each one batch at a time on the mesh (nothing larger than a batch of
 activations is ever held):
   1. the statistics split (train): per-attribute diagonal Gaussians (stats.py), the joint
-     linear-Gaussian model (joint.py) and the dataset mean image (the class-visualisation start);
+     linear-Gaussian model (joint.py), the dataset mean image (the class-visualisation start) and
+     the image prior of param='pca' (the principal subspace of the first `prior_examples` images);
   2. the same split again: the small per-image data of equation (3) (weights.py), which needs the
      attribute means from pass 1 (P = X mu^T is N x K, not N x D);
   3. the held-out split (val): the same per-image data, on which lambda is chosen; also the held-out
@@ -36,6 +37,7 @@ from jaxface.cgmm import joint as joint_lib
 from jaxface.cgmm import stats as stats_lib
 from jaxface.cgmm import store as store_lib
 from jaxface.cgmm import weights as weights_lib
+from jaxface.invert import param as param_lib
 
 CGMM_DIR = "cgmm"
 CONFIG_FILE = "config.json"
@@ -204,6 +206,15 @@ def activation_batches(setup, cfg, split: str, source, tap, tap_state, layer: st
         )
 
 
+def _host_rows(array) -> np.ndarray:
+    """A batch-sharded global array as one host numpy array (gathered across processes if needed)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
 @jax.jit
 def _image_sum(images, valid):
     return jnp.sum(images * valid.astype(images.dtype)[:, None, None, None], axis=0), jnp.sum(valid)
@@ -232,6 +243,11 @@ def _settings(config) -> dict:
     for key in ("batch_size", "min_count", "sgd_steps", "sgd_batch_size"):
         if int(g.get(key)) < 1:
             raise FitConfigError(f"generate.{key} must be at least 1, got {g.get(key)}")
+    if int(g.get("prior_components", 0) or 0) < 0:
+        raise FitConfigError(f"generate.prior_components must be >= 0 (0: no image prior), got {g.prior_components}")
+    if int(g.get("prior_components", 0) or 0) > 0 and int(g.get("prior_examples", 0) or 0) < 2:
+        raise FitConfigError(
+            f"generate.prior_examples must be at least 2 for an image prior, got {g.get('prior_examples')}")
     if float(g.get("joint_lam", 0.0)) < 0:
         raise FitConfigError(f"generate.joint_lam must be >= 0, got {g.joint_lam}")
     return dict(
@@ -243,6 +259,8 @@ def _settings(config) -> dict:
         subset_size=int(g.get("subset_size", 0) or 0), subset_seed=int(g.get("subset_seed", 0)),
         lambdas=lambdas, lrs=lrs, sgd_steps=int(g.sgd_steps), sgd_batch_size=int(g.sgd_batch_size),
         weights=choice, joint_lam=float(g.get("joint_lam", joint_lib.DEFAULT_JOINT_LAMBDA)),
+        prior_components=int(g.get("prior_components", 0) or 0),
+        prior_examples=int(g.get("prior_examples", 0) or 0),
     )
 
 
@@ -279,6 +297,7 @@ def fit_cgmm(config, workdir) -> dict:
         joint_acc = joint_lib.JointStats(k, d, mesh=setup.mesh)
         state, joint_state = acc.init(), joint_acc.init()
         image_sum, image_count = 0.0, 0.0
+        prior_images, prior_count = [], 0
         for b in activation_batches(setup, cfg, s["split"], train_source, tap, tap_state, s["layer"]):
             if subset is not None and b["index"] is None:
                 raise FitConfigError("generate.subset_size needs example indices, which this data source lacks")
@@ -288,10 +307,23 @@ def fit_cgmm(config, workdir) -> dict:
                                            valid=b["valid"])
             total, count = _image_sum(b["image"], b["valid"])
             image_sum, image_count = image_sum + total, image_count + count
+            if prior_count < s["prior_examples"] and s["prior_components"] > 0:
+                images = _host_rows(b["image"])[_host_rows(b["valid"])]
+                prior_images.append(images[: s["prior_examples"] - prior_count])
+                prior_count += len(prior_images[-1])
         stats = acc.finalize(state, min_count=s["min_count"])
         joint = joint_acc.finalize(joint_state, lam=s["joint_lam"])
         mean_image = np.asarray(image_sum) / max(float(image_count), 1.0)
         timings["statistics_s"] = time.perf_counter() - start
+        image_prior, prior_report = None, None
+        if s["prior_components"] > 0:
+            start = time.perf_counter()
+            try:
+                image_prior, prior_report = param_lib.fit_image_prior(
+                    np.concatenate(prior_images), s["prior_components"])
+            except param_lib.ParamError as e:
+                raise FitConfigError(f"cannot fit the image prior: {e}") from None
+            timings["image_prior_s"] = time.perf_counter() - start
         if not stats["included"].any():
             raise FitConfigError(
                 f"every attribute has fewer than min_count={s['min_count']} examples in the "
@@ -355,11 +387,13 @@ def fit_cgmm(config, workdir) -> dict:
         heldout_mean_sq_norm=heldout_norm,
         heldout_error=dict(cgmm=cgmm_heldout, joint=joint_heldout,
                            cgmm_relative=cgmm_heldout / heldout_norm, joint_relative=joint_heldout / heldout_norm),
+        image_prior=prior_report,
         timings=timings,
     )
     store = store_lib.store_from_fit(
         layer=s["layer"], layer_shape=layer_shape, schema=schema, stats=stats, weight_fit=fit,
         joint=joint, source_checkpoint=source_checkpoint, extra=extra,
+        image_prior=image_prior, image_size=int(setup.model.input_size) if image_prior is not None else None,
     )
     return dict(store=store, mean_image=mean_image.astype(np.float32), counts=counts, settings=s,
                 fit=fit, extra=extra)
@@ -412,6 +446,10 @@ def summary_text(result: dict, directory: pathlib.Path) -> str:
                  f"joint model {err['joint_relative']:.4f}")
     w = store.weights[store.included]
     lines.append(f"  weights: min {w.min():.3f}, max {w.max():.3f}")
+    prior = extra.get("image_prior")
+    if prior:
+        lines.append(f"  image prior (param='pca'): {prior['components']} components of {prior['num_images']} "
+                     f"images explain {100 * prior['explained_variance']:.1f}% of the pixel variance")
     lines.append(f"  written to {directory}")
     return "\n".join(lines)
 

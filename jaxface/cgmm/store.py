@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxface.cgmm.joint import JointModel
 from jaxface.data.schema import Schema, get_schema
+from jaxface.invert.param import ImagePrior
 
 FORMAT_VERSION = 1
 ARRAYS_FILE = "cgmm.npz"
@@ -47,6 +48,8 @@ class CGMMStore:
     grid: dict = dataclasses.field(default_factory=dict)
     joint: JointModel | None = None
     extra: dict = dataclasses.field(default_factory=dict)
+    image_prior: ImagePrior | None = None  # PCA of the training images at the classifier's input size
+    image_size: int | None = None  # that input size
 
     def __post_init__(self):
         self.schema = get_schema(self.schema)
@@ -65,6 +68,14 @@ class CGMMStore:
                 raise CGMMStoreError(f"{name} must have shape {shape}, got {np.shape(arr)}")
         if any(not 0 <= i < k for i in self.excluded):
             raise CGMMStoreError(f"excluded attribute indices must be in [0, {k}), got {self.excluded}")
+        if self.image_prior is not None:
+            p = self.image_prior
+            size = int(self.image_size or 0)
+            if (np.ndim(p.basis) != 2 or np.shape(p.mean) != (size * size * 3,)
+                    or np.shape(p.basis)[1] != size * size * 3 or np.shape(p.std) != (np.shape(p.basis)[0],)):
+                raise CGMMStoreError(
+                    f"image prior arrays (mean {np.shape(p.mean)}, basis {np.shape(p.basis)}, std "
+                    f"{np.shape(p.std)}) do not describe {size}x{size}x3 images")
 
     @property
     def num_attributes(self) -> int:
@@ -97,6 +108,9 @@ class CGMMStore:
             f"max {int(np.max(self.count))}",
             f"  weights: lambda {self.chosen_lambda:g}, mean {float(np.mean(self.weights[self.included])):.4g}",
             f"  joint model: {'yes (ridge ' + format(self.joint.lam, 'g') + ')' if self.joint else 'no'}",
+            f"  image prior: "
+            + (f"{self.image_prior.components} principal components of {self.image_size}x{self.image_size} images"
+               if self.image_prior is not None else "no"),
         ]
         return "\n".join(lines)
 
@@ -140,6 +154,8 @@ def save_cgmm(directory: str | os.PathLike, store: CGMMStore) -> dict[str, str]:
         arrays["overall_var"] = np.asarray(store.overall_var, np.float32)
     if store.joint is not None:
         arrays.update({k: np.asarray(v, np.float32) for k, v in store.joint.arrays().items()})
+    if store.image_prior is not None:
+        arrays.update({f"prior_{k}": np.asarray(v, np.float32) for k, v in store.image_prior._asdict().items()})
     names = store.schema.attribute_names
     metadata = dict(
         format_version=FORMAT_VERSION,
@@ -159,6 +175,9 @@ def save_cgmm(directory: str | os.PathLike, store: CGMMStore) -> dict[str, str]:
         if store.joint is None
         else dict(lam=store.joint.lam, num_examples=store.joint.num_examples),
         extra=_jsonable(store.extra),
+        image_prior=None
+        if store.image_prior is None
+        else dict(components=store.image_prior.components, image_size=int(store.image_size)),
         arrays=sorted(arrays),
     )
     npz_path = directory / ARRAYS_FILE
@@ -212,6 +231,10 @@ def load_cgmm(directory: str | os.PathLike) -> CGMMStore:
                 prior_rate=arrays["joint_prior_rate"], impute_rate=arrays["joint_impute_rate"],
                 lam=float(metadata["joint"]["lam"]), num_examples=int(metadata["joint"]["num_examples"]),
             )
+        image_prior, image_size = None, None
+        if metadata.get("image_prior") is not None:
+            image_prior = ImagePrior(*(arrays[f"prior_{k}"] for k in ImagePrior._fields))
+            image_size = int(metadata["image_prior"]["image_size"])
         return CGMMStore(
             layer=metadata["layer"],
             layer_shape=tuple(metadata["layer_shape"]),
@@ -230,6 +253,8 @@ def load_cgmm(directory: str | os.PathLike) -> CGMMStore:
             grid=metadata.get("grid") or {},
             joint=joint,
             extra=metadata.get("extra") or {},
+            image_prior=image_prior,
+            image_size=image_size,
         )
     except CGMMStoreError as e:
         raise CGMMStoreError(f"{directory}: inconsistent model: {e}") from None
@@ -247,6 +272,8 @@ def store_from_fit(
     joint: JointModel | None = None,
     source_checkpoint: str | None = None,
     extra: dict | None = None,
+    image_prior: ImagePrior | None = None,
+    image_size: int | None = None,
 ) -> CGMMStore:
     """Assemble a CGMMStore from `fit_attribute_stats` and `weights.fit_weights` results."""
     k = np.shape(stats["mean"])[0]
@@ -286,4 +313,6 @@ def store_from_fit(
         grid=grid,
         joint=joint,
         extra=extra or {},
+        image_prior=image_prior,
+        image_size=image_size,
     )

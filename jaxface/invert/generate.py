@@ -44,9 +44,11 @@ from jaxface.cgmm import fit as fit_lib
 from jaxface.cgmm import store as store_lib
 from jaxface.cgmm import targets as targets_lib
 from jaxface.evaluate import generation as metrics
+from jaxface.invert import param as param_lib
 from jaxface.invert import render
 
 METHODS = ("invert", "classvis")
+PARAMS = param_lib.PARAM_KINDS
 GENERATE_DIR = "generate"
 DEFAULT_NUM = 8
 MAX_SEED = 2**32 - 1
@@ -84,6 +86,7 @@ class Settings:
     tv_weight: float = 0.05
     l2_weight: float = 0.0
     range_weight: float = 0.0
+    prior_weight: float = 0.0  # param='pca': weight of the Gaussian prior on the coefficients
     head_mode: str = "log_prob"
     loop: str = "auto"
     chunk: int = 0
@@ -133,6 +136,10 @@ class Settings:
             raise GenerateError(f"{where}: max_batch must be at least 1, got {self.max_batch}")
         if self.noise_std < 0:
             raise GenerateError(f"{where}: noise_std must be >= 0, got {self.noise_std}")
+        if self.param not in PARAMS:
+            raise GenerateError(f"{where}: param={self.param!r}; valid: {', '.join(PARAMS)}")
+        if self.prior_weight < 0 or (self.prior_weight > 0 and self.param != "pca"):
+            raise GenerateError(f"{where}: prior_weight={self.prior_weight} needs param='pca' and must be >= 0")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -164,6 +171,7 @@ class Classifier:
     heads_model: tuple  # (apply_fn, state) images -> list of head logits
     evaluate: Any  # jitted (state, images) -> (features (B, D), [head logits])
     heads_from_layer: Any  # jitted (state, acts (B, D)) -> [head logits]
+    layer_models: dict = dataclasses.field(default_factory=dict)  # layers -> (apply_fn, state)
 
 
 _CLASSIFIERS: "collections.OrderedDict[tuple, Classifier]" = collections.OrderedDict()
@@ -434,10 +442,16 @@ def head_targets(schema, indices: Sequence[int]) -> np.ndarray:
 # ------------------------------------------------------------------------------------ rendering
 def _render_kwargs(ctx: Context, settings: Settings, seeds: Sequence[int], progress) -> dict:
     init_image = ctx.mean_image if settings.init == "mean" else None
+    if settings.param == "pca" and ctx.store.image_prior is None:
+        raise GenerateError(
+            f"param='pca' needs the image prior, which the fitted model in {ctx.workdir / fit_lib.CGMM_DIR} "
+            "lacks: rerun fit-cgmm with generate.prior_components > 0, or choose param 'fft' or 'pixels'")
     return dict(
         key=jax.random.key(_RENDER_KEY), steps=settings.steps, size=ctx.clf.input_size,
         param=settings.param, pixel_mode=settings.pixel_mode if settings.param == "pixels" else "sigmoid",
         decay_power=settings.decay_power, init_image=init_image, noise_std=settings.noise_std,
+        image_prior=ctx.store.image_prior if settings.param == "pca" else None,
+        prior_weight=settings.prior_weight,
         item_ids=np.asarray(seeds, np.uint32), lr=settings.lr, optimizer=settings.optimizer,
         momentum=settings.momentum, jitter=settings.jitter, pad=settings.pad,
         scales=settings.scales or None, rotate_degrees=settings.rotate_degrees,
@@ -572,9 +586,55 @@ def _generate(ctx: Context, attributes, num, mode, model, method, steps, seed, n
     return dict(text=text, outputs=outputs, records=records, summary=summary, directory=directory)
 
 
-def _reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose) -> dict:
-    from jaxface.data import imageio
+@dataclasses.dataclass(frozen=True)
+class _Pick:
+    """outputs[key] (hashable, so objectives built alike share compiled programs)."""
 
+    key: str
+
+    def __call__(self, outputs):
+        return outputs[self.key]
+
+
+def _features_of_layers(layers: tuple[str, ...]):
+    def method(model, images):
+        out = model.activations(images, layers)
+        return {layer: out[layer].reshape(out[layer].shape[0], -1) for layer in layers}
+
+    return method
+
+
+def resolve_layers(ctx: Context, layers) -> tuple[str, ...]:
+    """--layers for a reconstruction: comma-separated taps (default: the fitted layer), validated."""
+    if layers is None or (isinstance(layers, str) and not layers.strip()):
+        return (ctx.store.layer,)
+    names = [n.strip() for n in (layers.split(",") if isinstance(layers, str) else layers)]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise GenerateError(f"--layers={layers!r}: give distinct, comma-separated layer names")
+    model = ctx.clf.setup.model
+    for n in names:
+        try:
+            fit_lib.check_layer(model, n)
+        except fit_lib.FitConfigError as e:
+            raise GenerateError(f"--layers: {e}") from None
+    return tuple(names)
+
+
+def _layers_model(ctx: Context, layers: tuple[str, ...]):
+    """(apply_fn, state) images -> {layer: (B, D_layer)}, cached so repeated calls reuse compilations."""
+    models = ctx.clf.layer_models
+    if layers not in models:
+        models[layers] = render.nnx_model_fn(ctx.clf.setup.model, _features_of_layers(layers))
+    return models[layers]
+
+
+def _reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose, layers=None) -> dict:
+    """Invert the true activations of a real image at `layers` (default: the fitted layer); with
+    several layers the objective is the mean of their normalised feature errors."""
+    from jaxface.data import imageio
+    from jaxface.invert import objectives as obj_lib
+
+    layers = resolve_layers(ctx, layers)
     path = pathlib.Path(str(image_path))
     try:
         decoded = imageio.decode_image(str(path))
@@ -587,15 +647,30 @@ def _reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose) -> d
     if steps is not None:
         settings = settings.replace({"steps": steps}, "--steps")
     true_feats, true_probs, true_detected = classify_images(ctx.clf, image[None])
-    targets = np.repeat(true_feats, len(seeds), axis=0)
-    images, objective = [], []
+    model = _layers_model(ctx, layers)
+    true_layers = jax.tree.map(np.asarray, jax.jit(model[0])(model[1], jnp.asarray(image[None])))
+    objective = obj_lib.Objective(())
+    for layer in layers:
+        objective = objective + (1.0 / len(layers)) * obj_lib.feature_match(
+            layer, select=_Pick(layer), name=f"feature_{layer}")
+    objective = objective + obj_lib.regularizers(settings.tv_weight, settings.l2_weight, settings.range_weight)
+    images, objective_values, layer_errors = [], [], []
     for start in range(0, len(seeds), settings.max_batch):
         chunk = seeds[start : start + settings.max_batch]
         kwargs = _render_kwargs(ctx, settings, chunk, _progress_printer("reconstruct", settings.steps, verbose))
-        result = render.invert(ctx.clf.feature_model, jnp.asarray(targets[: len(chunk)]), **kwargs)
+        for k in ("tv_weight", "l2_weight", "range_weight"):
+            kwargs.pop(k)
+        targets = {layer: jnp.asarray(np.repeat(true_layers[layer], len(chunk), axis=0)) for layer in layers}
+        try:
+            result = render.optimize(model, objective, targets, **kwargs)
+        except (render.RenderError, ValueError) as e:
+            raise GenerateError(f"cannot run the reconstruction with these settings: {e}") from None
         images.append(result.images)
-        objective.append(result.objective)
-    images, objective = np.concatenate(images), np.concatenate(objective)
+        objective_values.append(result.objective)
+        layer_errors.append(np.stack([result.terms[f"feature_{layer}"] for layer in layers], axis=1))
+    objective, layer_errors = np.concatenate(objective_values), np.concatenate(layer_errors)
+    images = np.concatenate(images)
+    targets = np.repeat(true_feats, len(seeds), axis=0)
     feats, probs, detected = classify_images(ctx.clf, images)
     errors = metrics.feature_errors(feats, targets)
     schema = ctx.store.schema
@@ -605,8 +680,10 @@ def _reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose) -> d
     for row, s in enumerate(seeds):
         records.append(dict(
             image=f"images/{row:03d}.png", input=str(path), attributes=[schema.attribute_names[i] for i in in_input],
-            seed=s, settings=dict(method="reconstruct", layer=ctx.store.layer, **settings.as_dict()),
+            seed=s, settings=dict(method="reconstruct", layer=ctx.store.layer, layers=list(layers),
+                                  **settings.as_dict()),
             objective=float(objective[row]), feature_error=float(errors[row]),
+            layer_feature_errors={layer: float(layer_errors[row, j]) for j, layer in enumerate(layers)},
             attribute_probs={schema.attribute_names[i]: float(probs[row, i]) for i in in_input},
             input_attribute_probs={schema.attribute_names[i]: float(true_probs[0, i]) for i in in_input},
             hit_rate=float(np.mean(detected[row, in_input])) if in_input else None,
@@ -620,8 +697,10 @@ def _reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose) -> d
     for row, img in enumerate(images):
         outputs.append(files.save_image(directory / "images" / f"{row:03d}.png", img))
     outputs.append(files.write_json(directory / "results.json", records))
-    text = (f"reconstruction of {path} at {ctx.store.layer}: feature error "
+    text = (f"reconstruction of {path} from {', '.join(layers)}: feature error at {ctx.store.layer} "
             + ", ".join(f"{e:.3f}" for e in errors)
+            + ("".join(f"; at {layer} " + ", ".join(f"{e:.3f}" for e in layer_errors[:, j])
+                       for j, layer in enumerate(layers) if layer != ctx.store.layer))
             + f"; classifier heads agreeing with the input: "
             + ", ".join(f"{r['head_agreement']:.2f}" for r in records)
             + f"\n  side by side (input, reconstruction): {directory / 'reconstruction.png'}")
@@ -747,6 +826,7 @@ def generate_command(
     sweep: str | None = None,
     name: str | None = None,
     strength: float | None = None,
+    layers: str | Sequence[str] | None = None,
     verbose: bool = True,
 ) -> dict:
     """`jaxface generate`: returns {'text', 'outputs', 'records', 'directory', ...}.
@@ -754,6 +834,7 @@ def generate_command(
     Exactly one of attributes / reconstruct / sweep. num: images (default 8; 1 for reconstruct).
     steps overrides the configured number of optimisation steps; strength (default: the config's
     targets.strength) scales the target's departure from the mean activation (see `amplify`).
+    layers (reconstruct only): the taps whose true activations are inverted (default: the fitted layer).
     """
     chosen = [k for k, v in (("attributes", attributes), ("reconstruct", reconstruct), ("sweep", sweep))
               if v is not None]
@@ -765,10 +846,12 @@ def generate_command(
         raise GenerateError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if name is not None:
         _check_name(name)
+    if layers is not None and reconstruct is None:
+        raise GenerateError("--layers applies to --reconstruct only (generation uses the fitted layer)")
     ctx = load_context(workdir)
     with jax.set_mesh(ctx.clf.setup.mesh):
         if reconstruct is not None:
-            return _reconstruct(ctx, reconstruct, num, steps, seed, name, verbose)
+            return _reconstruct(ctx, reconstruct, num, steps, seed, name, verbose, layers)
         if sweep is not None:
             return _sweep(ctx, sweep, seed, steps, name, verbose)
         return _generate(ctx, attributes, num, mode, model, method, steps, seed, name, strength, verbose)

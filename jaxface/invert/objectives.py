@@ -7,8 +7,8 @@ batch item, shape (B,); the optimiser minimises the sum over items, so items nev
 
 Terms read what they need from `ObjectiveInputs`: `images` (the parameterised images before the random
 transforms, for regularisers), `outputs` (what the model function returned for the transformed images)
-and `targets` (a dict of per-item arrays passed to the optimiser, e.g. {'features': T} or
-{'heads': head_targets}).
+`targets` (a dict of per-item arrays passed to the optimiser, e.g. {'features': T} or
+{'heads': head_targets}) and `params` (the free parameters behind the images, for priors on them).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class ObjectiveInputs(NamedTuple):
     images: jax.Array  # (B, H, W, 3) before transforms
     outputs: Any  # model output for the transformed images
     targets: Mapping[str, Any]  # per-item target arrays, leading axis B
+    params: Any = None  # the parameters being optimised, leading axis B
 
 
 TermFn = Callable[[ObjectiveInputs], jax.Array]
@@ -255,6 +256,20 @@ class _PixelRange:
 def pixel_range(low: float = 0.0, high: float = 1.0, name: str = "pixel_range") -> Objective:
     """Mean squared amount by which pixels leave [low, high] (for unconstrained pixel parameters)."""
     return term(name, _PixelRange(float(low), float(high)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CoefficientPrior:
+    def __call__(self, inputs: ObjectiveInputs) -> jax.Array:
+        if inputs.params is None:
+            raise ObjectiveError("coefficient_prior needs the parameters (ObjectiveInputs.params)")
+        return _per_item_mean(jnp.square(inputs.params))
+
+
+def coefficient_prior(name: str = "coefficient_prior") -> Objective:
+    """Mean squared parameter: with param='pca' (unit-variance coefficients) this is the negative
+    log-likelihood of the image under the prior's Gaussian model, up to scale and a constant."""
+    return term(name, _CoefficientPrior())
 
 
 def regularizers(tv_weight: float = 0.0, l2_weight: float = 0.0, range_weight: float = 0.0) -> Objective:

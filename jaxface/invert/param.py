@@ -11,6 +11,14 @@ A parameterisation maps an array of free parameters to float32 NHWC images in [0
   frequencies more than high ones (natural images have a roughly 1/f amplitude spectrum), followed by
   colour decorrelation (a fixed 3x3 matrix, the square root of natural-image colour correlations) and
   a sigmoid.
+- ``pca``: coordinates in the principal subspace of a set of real images (an `ImagePrior`, fitted in
+  closed form by `fit_image_prior`, e.g. eigenfaces of the training faces): image = mean + sum_k
+  c_k std_k basis_k, clipped to [0, 1]. Coefficients are in units of each component's standard
+  deviation, so N(0, 1) coefficients are a Gaussian model of the training images and a penalty on
+  mean(c^2) (objectives.coefficient_prior) is its negative log-likelihood. Unlike the other two, every
+  image it can produce is a blend of real images: a strong prior for inversions from features that
+  leave most of the image unconstrained. The prior's arrays travel as a jit argument (`prior=`), not
+  as constants baked into the program.
 
 ``make_param`` returns ``(params, image_param)``; ``image_param(params)`` gives the images, and
 ``image_param.from_image(images)`` inverts it (used to initialise from an image and to apply image-space
@@ -21,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-PARAM_KINDS = ("pixels", "fft")
+PARAM_KINDS = ("pixels", "fft", "pca")
 PIXEL_MODES = ("sigmoid", "clip", "free")
 
 # Square root of the colour correlation of natural images (the matrix lucid uses, derived from ImageNet
@@ -48,6 +56,60 @@ _LOGIT_EPS = 1e-4
 
 class ParamError(ValueError):
     """An invalid parameterisation option."""
+
+
+class ImagePrior(NamedTuple):
+    """A linear-Gaussian model of images: the principal subspace of a set of training images.
+
+    image (flattened H*W*3) = mean + (c * std) @ basis, with c ~ N(0, I) for the training images.
+    """
+
+    mean: Any  # (H*W*3,) float32: the mean image
+    basis: Any  # (K, H*W*3) float32: orthonormal principal directions, by decreasing variance
+    std: Any  # (K,) float32: standard deviation of the training images along each direction
+
+    @property
+    def components(self) -> int:
+        return int(np.shape(self.basis)[0])
+
+    @property
+    def dim(self) -> int:
+        return int(np.shape(self.mean)[0])
+
+
+def fit_image_prior(images: Any, components: int) -> tuple[ImagePrior, dict]:
+    """Closed-form PCA of (N, H, W, 3) images in [0, 1]: the top `components` directions.
+
+    Computed from the N x N Gram matrix of the centred images (N is a few thousand, much less than
+    H*W*3), in float64 for a deterministic, accurate eigendecomposition. Returns the prior and a
+    report: images used, components kept, fraction of the pixel variance they explain.
+    """
+    x = np.asarray(images, np.float64)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ParamError(f"fit_image_prior needs (N, H, W, 3) images, got shape {x.shape}")
+    n = x.shape[0]
+    x = x.reshape(n, -1)
+    components = int(components)
+    if n < 2 or components < 1:
+        raise ParamError(f"fit_image_prior needs at least 2 images and 1 component, got {n} and {components}")
+    mean = x.mean(axis=0)
+    centred = x - mean
+    eigval, eigvec = np.linalg.eigh(centred @ centred.T)
+    eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
+    total = float(np.sum(np.maximum(eigval, 0.0)))
+    # Directions with (numerically) zero variance carry no information; a rank-r set has r - 1 at most.
+    keep = int(min(components, np.sum(eigval > max(total, 1e-30) * 1e-10)))
+    if keep < 1:
+        raise ParamError("fit_image_prior: the images are all identical; there is no variation to model")
+    basis = (centred.T @ eigvec[:, :keep]) / np.sqrt(eigval[:keep])  # (D, keep), orthonormal columns
+    # Sign convention: the largest-magnitude pixel of every direction is positive (reproducible output).
+    flip = np.sign(basis[np.argmax(np.abs(basis), axis=0), np.arange(keep)])
+    basis = basis * flip
+    std = np.sqrt(eigval[:keep] / n)
+    prior = ImagePrior(mean.astype(np.float32), basis.T.astype(np.float32), std.astype(np.float32))
+    report = dict(num_images=n, components=keep, explained_variance=float(np.sum(eigval[:keep]) / total)
+                  if total > 0 else 1.0)
+    return prior, report
 
 
 def image_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -95,13 +157,23 @@ class ImageParam:
     pixel_mode: str = "sigmoid"
     decorrelate: bool = False
     decay_power: float = 1.0
+    components: int = 0  # kind='pca': the prior's number of components
 
     # ------------------------------------------------------------------------------ params -> image
-    def __call__(self, params: jax.Array) -> jax.Array:
-        return self.to_image(params)
+    def __call__(self, params: jax.Array, prior: ImagePrior | None = None) -> jax.Array:
+        return self.to_image(params, prior)
 
-    def to_image(self, params: jax.Array) -> jax.Array:
+    def _need_prior(self, prior: ImagePrior | None) -> ImagePrior:
+        if prior is None:
+            raise ParamError("param='pca' needs its ImagePrior (prior=...)")
+        return prior
+
+    def to_image(self, params: jax.Array, prior: ImagePrior | None = None) -> jax.Array:
         """float32 (B, H, W, 3) images. In range [0, 1] except for pixel_mode='free' during optimisation."""
+        if self.kind == "pca":
+            prior = self._need_prior(prior)
+            flat = prior.mean + jnp.matmul(params * prior.std, prior.basis, precision=jax.lax.Precision.HIGHEST)
+            return jnp.clip(flat.reshape(params.shape[0], self.height, self.width, 3), 0.0, 1.0)
         if self.kind == "fft":
             scale = jnp.asarray(spectrum_scale(self.height, self.width, self.decay_power))
             spectrum = jax.lax.complex(params[..., 0], params[..., 1]) * scale  # (B, 3, H, W//2+1)
@@ -116,9 +188,14 @@ class ImageParam:
         return jax.nn.sigmoid(signal)
 
     # ------------------------------------------------------------------------------ image -> params
-    def from_image(self, images: jax.Array) -> jax.Array:
-        """The parameters whose image is `images` (exactly, up to the clipping of saturated pixels)."""
+    def from_image(self, images: jax.Array, prior: ImagePrior | None = None) -> jax.Array:
+        """The parameters whose image is `images` (exactly, up to the clipping of saturated pixels; for
+        'pca', the parameters of its orthogonal projection onto the prior's subspace)."""
         images = jnp.asarray(images, jnp.float32)
+        if self.kind == "pca":
+            prior = self._need_prior(prior)
+            flat = images.reshape(images.shape[0], -1) - prior.mean
+            return jnp.matmul(flat, prior.basis.T, precision=jax.lax.Precision.HIGHEST) / prior.std
         if self.kind == "pixels" and self.pixel_mode != "sigmoid":
             return images
         signal = _logit(images)
@@ -137,11 +214,13 @@ class ImageParam:
             return jnp.clip(params, 0.0, 1.0)
         return params
 
-    def final_image(self, params: jax.Array) -> jax.Array:
+    def final_image(self, params: jax.Array, prior: ImagePrior | None = None) -> jax.Array:
         """The image to report: always in [0, 1]."""
-        return jnp.clip(self.to_image(params), 0.0, 1.0)
+        return jnp.clip(self.to_image(params, prior), 0.0, 1.0)
 
     def param_shape(self, batch: int) -> tuple[int, ...]:
+        if self.kind == "pca":
+            return (batch, self.components)
         if self.kind == "fft":
             return (batch, 3, self.height, self.width // 2 + 1, 2)
         return (batch, self.height, self.width, 3)
@@ -154,10 +233,21 @@ def make_image_param(
     pixel_mode: str = "sigmoid",
     decorrelate: bool | None = None,
     decay_power: float = 1.0,
+    prior: ImagePrior | None = None,
 ) -> ImageParam:
-    """Validated ImageParam. `decorrelate` defaults to True for 'fft' and False for 'pixels'."""
+    """Validated ImageParam. `decorrelate` defaults to True for 'fft' and False for 'pixels'; 'pca'
+    needs the `prior` (checked against the image size) and ignores the other options."""
     if kind not in PARAM_KINDS:
         raise ParamError(f"unknown parameterisation {kind!r}; valid: {', '.join(PARAM_KINDS)}")
+    height, width = image_size(size)
+    if kind == "pca":
+        if prior is None:
+            raise ParamError("param='pca' needs an image prior (fitted by fit-cgmm, or fit_image_prior)")
+        if prior.dim != height * width * 3 or np.shape(prior.std) != (prior.components,):
+            raise ParamError(
+                f"the image prior models {prior.dim} values per image; {height}x{width}x3 images need "
+                f"{height * width * 3}")
+        return ImageParam(kind, height, width, components=prior.components)
     if pixel_mode not in PIXEL_MODES:
         raise ParamError(f"unknown pixel_mode {pixel_mode!r}; valid: {', '.join(PIXEL_MODES)}")
     if kind == "fft" and pixel_mode != "sigmoid":
@@ -166,7 +256,6 @@ def make_image_param(
         decorrelate = kind == "fft"
     if decorrelate and kind == "pixels" and pixel_mode != "sigmoid":
         raise ParamError("decorrelate=True needs pixel_mode='sigmoid' (the decorrelated signal is squashed)")
-    height, width = image_size(size)
     return ImageParam(kind, height, width, pixel_mode, bool(decorrelate), float(decay_power))
 
 
@@ -216,6 +305,7 @@ def make_param(
     decorrelate: bool | None = None,
     decay_power: float = 1.0,
     item_ids: Sequence[int] | None = None,
+    prior: ImagePrior | None = None,
 ) -> tuple[jax.Array, ImageParam]:
     """Parameters for `batch` images and the parameterisation mapping them to images.
 
@@ -226,9 +316,12 @@ def make_param(
       key: base PRNG key; item i's noise uses fold_in(key, item_ids[i]).
       init_image: None (start from mid-grey plus noise), or (H, W, 3) / (B, H, W, 3) in [0, 1]
         (e.g. the dataset mean image); the parameterisation is inverted to start exactly there.
-      noise_std: standard deviation of the per-pixel Gaussian noise added to the start image.
+        For 'pca', None starts from the prior's mean image.
+      noise_std: standard deviation of the per-pixel Gaussian noise added to the start image; for
+        'pca', of the noise added to each coefficient (1: a random draw from the prior).
       pixel_mode, decorrelate, decay_power: see the module docstring.
       item_ids: stable identities of the batch items (default 0..batch-1).
+      prior: the ImagePrior of kind='pca'.
 
     Returns:
       (params, image_param) with image_param(params) -> float32 (B, H, W, 3).
@@ -236,7 +329,7 @@ def make_param(
     if int(batch) < 1:
         raise ParamError(f"batch must be >= 1, got {batch}")
     image_param = make_image_param(
-        kind, size, pixel_mode=pixel_mode, decorrelate=decorrelate, decay_power=decay_power
+        kind, size, pixel_mode=pixel_mode, decorrelate=decorrelate, decay_power=decay_power, prior=prior
     )
     if init_image is not None:
         init_image = np.asarray(init_image, np.float32)
@@ -249,14 +342,24 @@ def make_param(
     if item_ids is None:
         item_ids = np.arange(int(batch))
     params = _initial_params(
-        image_param, int(batch), key, init_image, jnp.float32(noise_std), jnp.asarray(item_ids)
+        image_param, int(batch), key, init_image, jnp.float32(noise_std), jnp.asarray(item_ids), prior
     )
     return params, image_param
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _initial_params(image_param, batch, key, init_image, noise_std, item_ids):
+def _initial_params(image_param, batch, key, init_image, noise_std, item_ids, prior):
     # One compiled program: op-by-op dispatch of these small steps costs more than compiling them once.
+    if image_param.kind == "pca":
+        # The noise lives in coefficient space: pixel noise would mostly fall outside the subspace.
+        if init_image is None:
+            base = jnp.zeros((batch, image_param.components), jnp.float32)
+        else:
+            start = jnp.broadcast_to(init_image, (batch, image_param.height, image_param.width, 3))
+            base = image_param.from_image(start, prior)
+        keys = item_keys(key, item_ids)
+        noise = jax.vmap(lambda k: jax.random.normal(k, (image_param.components,), jnp.float32))(keys)
+        return base + noise_std * noise
     images = initial_images(
         image_param, batch, key, init_image=init_image, noise_std=noise_std, item_ids=item_ids
     )

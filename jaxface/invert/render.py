@@ -153,6 +153,7 @@ class Inputs(NamedTuple):
     model_state: Any  # replicated
     targets: Mapping[str, Any]  # leading axis: batch
     draws: tf_lib.TransformDraws  # (B, steps, ...) the random transform parameters of every step
+    prior: param_lib.ImagePrior | None = None  # replicated; param='pca' only
 
 
 def _batch_sharding(spec: StepSpec):
@@ -196,20 +197,20 @@ def sample_all_draws(transform: tf_lib.TransformConfig, item_keys: jax.Array, st
 
 
 def _loss(params, step, inputs: Inputs, spec: StepSpec):
-    images = spec.image_param.to_image(params)
+    images = spec.image_param.to_image(params, inputs.prior)
     draws = jax.tree.map(
         lambda d: jax.lax.dynamic_index_in_dim(d, step, axis=1, keepdims=False), inputs.draws
     )
     seen = tf_lib.apply_drawn(spec.transform, images, draws)
     outputs = spec.apply_fn(inputs.model_state, seen)
-    total, values = spec.objective.evaluate(obj_lib.ObjectiveInputs(images, outputs, inputs.targets))
+    total, values = spec.objective.evaluate(obj_lib.ObjectiveInputs(images, outputs, inputs.targets, params))
     # Summing per-item objectives keeps every item's gradient its own.
     return jnp.sum(total), {"objective": total, **values}
 
 
-def _blur_params(params, spec: StepSpec):
-    images = spec.image_param.to_image(params)
-    return spec.image_param.from_image(tf_lib.gaussian_blur(images, spec.blur_sigma))
+def _blur_params(params, spec: StepSpec, prior):
+    images = spec.image_param.to_image(params, prior)
+    return spec.image_param.from_image(tf_lib.gaussian_blur(images, spec.blur_sigma), prior)
 
 
 def _step(state: State, inputs: Inputs, spec: StepSpec) -> tuple[State, dict]:
@@ -221,7 +222,7 @@ def _step(state: State, inputs: Inputs, spec: StepSpec) -> tuple[State, dict]:
     if spec.blur_every > 0 and spec.blur_sigma > 0:
         # Blurring is a projection applied every blur_every steps, not a loss term.
         params = jax.lax.cond(
-            step % spec.blur_every == 0, lambda p: _blur_params(p, spec), lambda p: p, params
+            step % spec.blur_every == 0, lambda p: _blur_params(p, spec, inputs.prior), lambda p: p, params
         )
     return _constrain(spec, State(params, opt_state, step), metrics)
 
@@ -252,9 +253,9 @@ scan_chunk = jax.jit(_scan_chunk, static_argnames=("spec", "length", "unroll"), 
 
 def _evaluate(params, inputs: Inputs, spec: StepSpec):
     """The objective on the final images, without random transforms."""
-    images = spec.image_param.final_image(params)
+    images = spec.image_param.final_image(params, inputs.prior)
     outputs = spec.apply_fn(inputs.model_state, images)
-    total, values = spec.objective.evaluate(obj_lib.ObjectiveInputs(images, outputs, inputs.targets))
+    total, values = spec.objective.evaluate(obj_lib.ObjectiveInputs(images, outputs, inputs.targets, params))
     return images, {"objective": total, **values}
 
 
@@ -348,11 +349,12 @@ def _check_fit(spec: StepSpec, model_state: Any, targets: Mapping[str, Any], bat
     """Trace the model and objective abstractly so mismatched targets fail before compilation."""
     ip = spec.image_param
     image_shape = jax.ShapeDtypeStruct((batch, ip.height, ip.width, 3), jnp.float32)
+    param_shape = jax.ShapeDtypeStruct(ip.param_shape(batch), jnp.float32)
     try:
         out_shape = jax.eval_shape(spec.apply_fn, model_state, image_shape)
         jax.eval_shape(
-            lambda i, o, t: spec.objective.evaluate(obj_lib.ObjectiveInputs(i, o, t)),
-            image_shape, out_shape, targets,
+            lambda i, o, t, p: spec.objective.evaluate(obj_lib.ObjectiveInputs(i, o, t, p)),
+            image_shape, out_shape, targets, param_shape,
         )
     except obj_lib.ObjectiveError as e:
         raise RenderError(
@@ -382,6 +384,8 @@ def optimize(
     pixel_mode: str = "sigmoid",
     decorrelate: bool | None = None,
     decay_power: float = 1.0,
+    image_prior: param_lib.ImagePrior | None = None,
+    prior_weight: float = 0.0,
     init_image: Any = None,
     noise_std: float = 0.05,
     item_ids: Sequence[int] | None = None,
@@ -412,6 +416,8 @@ def optimize(
       size: image size, int or (height, width).
       batch: number of images; inferred from `targets` when omitted.
       param, pixel_mode, decorrelate, decay_power, init_image, noise_std: see `param.make_param`.
+      image_prior: the `param.ImagePrior` behind param='pca'; prior_weight: weight of the Gaussian
+        prior on its coefficients (objectives.coefficient_prior), added to `objective`.
       item_ids: stable item identities (default 0..B-1): an item's result depends on its id, not on
         its position or on the other items in the batch.
       lr, optimizer ('adam' | 'sgd' with `momentum`): the optax optimiser.
@@ -435,6 +441,12 @@ def optimize(
     )
     if int(blur_every) < 0 or blur_sigma < 0:
         raise RenderError(f"blur_every and blur_sigma must be >= 0, got {blur_every}, {blur_sigma}")
+    if not prior_weight >= 0:
+        raise RenderError(f"prior_weight must be >= 0, got {prior_weight}")
+    if prior_weight and param != "pca":
+        raise RenderError(f"prior_weight is the Gaussian prior of param='pca'; it has no meaning for param={param!r}")
+    if prior_weight:
+        objective = objective + float(prior_weight) * obj_lib.coefficient_prior()
     if not objective.terms:
         raise RenderError("the objective has no terms")
     dims = _leading_dims(targets)
@@ -456,9 +468,16 @@ def optimize(
         raise RenderError(f"item_ids must have shape ({batch},), got {item_ids.shape}")
 
     apply_fn, model_state = _as_model(model)
-    image_param = param_lib.make_image_param(
-        param, size, pixel_mode=pixel_mode, decorrelate=decorrelate, decay_power=decay_power
-    )
+    try:
+        image_param = param_lib.make_image_param(
+            param, size, pixel_mode=pixel_mode, decorrelate=decorrelate, decay_power=decay_power,
+            prior=image_prior,
+        )
+    except param_lib.ParamError as e:
+        raise RenderError(str(e)) from None
+    prior = None
+    if param == "pca":  # on device once, float32; other parameterisations ignore it
+        prior = param_lib.ImagePrior(*(jnp.asarray(a, jnp.float32) for a in image_prior))
     if blur_every and blur_sigma:
         radius = (len(tf_lib.gaussian_kernel(blur_sigma)) - 1) // 2
         if radius >= min(image_param.height, image_param.width):
@@ -480,13 +499,13 @@ def optimize(
     params, _ = param_lib.make_param(
         param, padded, size, key, init_image,
         noise_std=noise_std, pixel_mode=pixel_mode, decorrelate=decorrelate,
-        decay_power=decay_power, item_ids=item_ids,
+        decay_power=decay_power, item_ids=item_ids, prior=prior,
     )
     state, draws = start_state(
         params, key, jnp.asarray(item_ids), optimizer=optimizer_spec, transform=transform, steps=int(steps)
     )
     # On device once: host (numpy) arrays passed to a jitted function are copied on every call.
-    inputs = Inputs(model_state, jax.tree.map(jnp.asarray, targets), draws)
+    inputs = Inputs(model_state, jax.tree.map(jnp.asarray, targets), draws, prior)
     if mesh is not None:
         data, replicated = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
         state = jax.device_put(state, _state_shardings(spec, state))
@@ -494,6 +513,7 @@ def optimize(
             jax.device_put(model_state, replicated),
             jax.device_put(targets, data),
             jax.device_put(draws, data),
+            None if prior is None else jax.device_put(prior, replicated),
         )
 
     history: list[dict] = []
