@@ -315,6 +315,20 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, (ValueError, KeyError, TypeError)) and type(err).__module__.startswith("jaxface")
 
 
+def _runs_vgg(name: str) -> bool:
+    """Does this command spend its time in VGG-Face convolutions (see parallel.VGG_CPU_XLA_FLAGS)?"""
+    if name in ("fit-cgmm", "generate", "bench", "demo"):
+        return True
+    if name in ("train", "evaluate"):
+        try:
+            config = _config(required=False)
+        except (OSError, ValueError):
+            return False  # the command itself reports an unreadable config
+        model = getattr(config, "model", None) if config is not None else None
+        return getattr(model, "name", None) == "vggface"
+    return False
+
+
 def run(argv: list[str] | None = None):
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help", "--helpfull"):
@@ -336,6 +350,9 @@ def run(argv: list[str] | None = None):
         logging.set_verbosity(logging.WARNING)
         try:
             from jaxface import parallel
+
+            if _runs_vgg(name):
+                parallel.apply_vgg_cpu_xla_flags()
 
             # Before anything touches a device: a multi-process launch must initialise first.
             parallel.maybe_initialize_distributed(FLAGS["config"].value if "config" in FLAGS else None)

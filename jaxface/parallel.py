@@ -17,6 +17,36 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
 
+# XLA:CPU's YNNPACK fusions run VGG's 3x3 convolutions slower than its default convolution path on the
+# 2-core x86 machine we measure on (jax 0.10): inversion step full64 1.18x, full112 1.13x, training
+# step tiny 1.19x, full112 1.33x faster without them (jaxface bench; MobileNetV3 training 1.08x too),
+# but ResNet-18 training 0.9x. So the VGG commands turn them off; the flag exists in these jaxlibs
+# only (an unknown XLA flag aborts the process), and a user's own XLA_FLAGS setting wins.
+VGG_CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+_VGG_FLAG_JAXLIBS = ("0.10.",)
+
+
+def apply_vgg_cpu_xla_flags(environ: dict | None = None) -> bool:
+    """Add VGG_CPU_XLA_FLAGS to XLA_FLAGS (before JAX starts its backends); True if added.
+
+    No-op when JAXFACE_XLA_DEFAULTS=0, when XLA_FLAGS already names the flag, or on a jaxlib whose
+    flags were not checked. Flags only take effect if no JAX backend has started in this process.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("JAXFACE_XLA_DEFAULTS", "1") == "0":
+        return False
+    import jaxlib
+
+    if not str(getattr(jaxlib, "__version__", "")).startswith(_VGG_FLAG_JAXLIBS):
+        return False
+    current = environ.get("XLA_FLAGS", "")
+    added = [f for f in VGG_CPU_XLA_FLAGS if f.split("=")[0] not in current]
+    if not added:
+        return False
+    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return True
+
+
 def maybe_initialize_distributed(config: Any = None) -> None:
     """Calls jax.distributed.initialize() when a multi-process launch asks for it, once.
 

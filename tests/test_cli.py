@@ -53,3 +53,24 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert no_root.returncode == 2 and "nowhere" in no_root.stderr and "Traceback" not in no_root.stderr
     no_ckpt = _run("evaluate", f"--workdir={tmp_path}")
     assert no_ckpt.returncode == 2 and "run `jaxface train` first" in no_ckpt.stderr
+
+
+def test_vgg_commands_add_their_cpu_xla_flag_once_and_users_win():
+    import jaxlib
+
+    from jaxface import parallel
+
+    flag = parallel.VGG_CPU_XLA_FLAGS[0]
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    added = parallel.apply_vgg_cpu_xla_flags(env)
+    if not jaxlib.__version__.startswith(parallel._VGG_FLAG_JAXLIBS):
+        assert not added and env == {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+        return
+    assert added and env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {flag}"
+    assert not parallel.apply_vgg_cpu_xla_flags(env)  # once
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert not parallel.apply_vgg_cpu_xla_flags(mine) and mine["XLA_FLAGS"].endswith("=dot")
+    off = {"JAXFACE_XLA_DEFAULTS": "0"}
+    assert not parallel.apply_vgg_cpu_xla_flags(off) and "XLA_FLAGS" not in off
+    empty = {}
+    assert parallel.apply_vgg_cpu_xla_flags(empty) and empty["XLA_FLAGS"] == flag

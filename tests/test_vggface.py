@@ -221,3 +221,17 @@ def test_head_accuracy_and_heads_validation():
         GroupedHeads(8, (2, 1), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="shape"):
         grouped_softmax_loss(logits, jnp.zeros((2, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_max_pool_2x2_equals_reduce_window_and_its_gradient(shape):
+    from jaxface.models.layers import max_pool_2x2
+
+    def reference(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    x = jax.random.normal(jax.random.key(0), shape)  # no ties
+    np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+    weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+    grads = [jax.grad(lambda v: jnp.sum(weights * pool(v)))(x) for pool in (max_pool_2x2, reference)]
+    np.testing.assert_array_equal(grads[0], grads[1])

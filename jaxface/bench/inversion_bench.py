@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface.bench.common import environment, load_average, measure_matmul_peak
+from jaxface.invert import render as render_lib
 
 SUITE = "inversion"
 LOOP_FORMS = ("python", "unrolled", "scan")
@@ -212,9 +213,9 @@ def bench_config(
     config: Config,
     *,
     loops: Sequence[str] = LOOP_FORMS,
-    chunk: int = 10,
+    chunk: int = 4,
     scan_unroll: int = 1,
-    repeats: int = 3,
+    repeats: int = 8,
     peak_gflops: float,
     peak_gflops_per_cpu_s: float,
     env: dict,
@@ -285,7 +286,7 @@ def run(
     *,
     quick: bool = False,
     loops: Sequence[str] = LOOP_FORMS,
-    chunk: int = 10,
+    chunk: int | None = None,
     scan_unroll: int = 1,
     repeats: int | None = None,
     model: str = "auto",
@@ -308,7 +309,9 @@ def run(
     bad_loops = [lp for lp in loops if lp not in LOOP_FORMS]
     if bad_loops:
         raise ValueError(f"unknown loop form(s) {bad_loops}; valid: {', '.join(LOOP_FORMS)}")
-    repeats = repeats or (2 if quick else 3)
+    repeats = repeats or (2 if quick else 8)
+    # Every loop form runs the same steps; by default as many as the unrolled form compiles per chunk.
+    chunk = int(chunk or render_lib.DEFAULT_CHUNK["unrolled"])
     env = environment()
     peak, peak_per_cpu_s = measure_matmul_peak()
     log(f"float32 matmul peak: {peak:.1f} GFLOP/s, {peak_per_cpu_s:.1f} GFLOP per CPU-second  "
@@ -385,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="tiny config only, fewer repeats")
     parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--loops", default=",".join(LOOP_FORMS), help="comma-separated loop forms")
-    parser.add_argument("--chunk", type=int, default=10, help="steps per compiled chunk")
+    parser.add_argument("--chunk", type=int, default=None, help="steps per compiled chunk (default: the "
+                        "unrolled loop's default, jaxface.invert.render.DEFAULT_CHUNK)")
     parser.add_argument("--scan-unroll", type=int, default=1, help="unroll= of the scan form")
     parser.add_argument("--repeats", type=int, help="timed chunks per loop form (median reported)")
     parser.add_argument("--model", default="auto", help="auto | vggface | builtin")

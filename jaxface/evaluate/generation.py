@@ -96,8 +96,8 @@ def heads_from_layer(model, layer: str, activations):
     activations: (N, D) flattened or (N, *layer shape). Deterministic (no dropout).
     """
     import jax
-    from flax import nnx
 
+    from jaxface.models import layers as layers_lib
     from jaxface.models import vggface
 
     start = vggface.layer_index(layer)
@@ -108,7 +108,7 @@ def heads_from_layer(model, layer: str, activations):
         if name.startswith("conv"):
             h = jax.nn.relu(getattr(model, name)(h))
         elif name.startswith("pool"):
-            h = nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+            h = layers_lib.max_pool_2x2(h)
         elif name == "fc6":
             h = jax.nn.relu(model.fc6(h.reshape(h.shape[0], -1)))
         elif name == "fc7":

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxface.models import layers as layers_lib
 from jaxface.models.heads import GroupedHeads
 
 # The VGG-Face training mean pixel in RGB order (the MatConvNet release's averageImage and the value
@@ -253,7 +254,7 @@ class VGGFace(nnx.Module):
             if name.startswith("conv"):
                 h = jax.nn.relu(getattr(self, name)(h))
             elif name.startswith("pool"):
-                h = nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+                h = layers_lib.max_pool_2x2(h)
             elif name == "fc6":
                 # Flatten in NHWC order (row, column, channel); see the module docstring.
                 h = jax.nn.relu(self.fc6(h.reshape(h.shape[0], -1)))
