@@ -180,7 +180,7 @@ def cmd_bench(argv):
         import jax
 
         jax.config.update("jax_compilation_cache_dir", cache)
-    records = suites.run(FLAGS.suite, quick=FLAGS.quick)
+    records = suites.run(FLAGS.suite, quick=FLAGS.quick, torch_python=FLAGS.torch_python)
     out = FLAGS.out or "bench.json"
     files.write_json(out, records)
     print(f"wrote {out} ({len(records)} records)")
@@ -253,6 +253,8 @@ def _flags_bench():
     flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
     flags.DEFINE_boolean("quick", False, "Smaller cases (a smoke run).")
+    flags.DEFINE_string("torch_python", None, "A Python interpreter with torch: the inversion suite then "
+                        "also times the PyTorch eager reference of the same step, in the same run.")
 
 
 def _flags_predict():

@@ -53,6 +53,11 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert no_root.returncode == 2 and "nowhere" in no_root.stderr and "Traceback" not in no_root.stderr
     no_ckpt = _run("evaluate", f"--workdir={tmp_path}")
     assert no_ckpt.returncode == 2 and "run `jaxface train` first" in no_ckpt.stderr
+    suite = _run("bench", "--suite=bogus")
+    assert suite.returncode == 2 and "unknown --suite='bogus'; valid: train, inversion" in suite.stderr
+    torch = _run("bench", "--suite=inversion", f"--torch_python={tmp_path / 'python'}")
+    assert torch.returncode == 2 and "is not an executable Python interpreter" in torch.stderr
+    assert "Traceback" not in suite.stderr + torch.stderr
 
 
 def test_vgg_commands_add_their_cpu_xla_flag_once_and_users_win():

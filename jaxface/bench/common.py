@@ -11,6 +11,10 @@ import jax
 import jax.numpy as jnp
 
 
+class BenchError(ValueError):
+    """A benchmark request that cannot run (unknown suite, case, option or reference interpreter)."""
+
+
 def environment() -> dict:
     """jax/jaxlib versions, CPU model and core count, XLA flags, backend and devices."""
     cpu = platform.processor() or ""

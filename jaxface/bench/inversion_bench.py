@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.bench.common import environment, load_average, measure_matmul_peak
+from jaxface.bench.common import BenchError, environment, load_average, measure_matmul_peak
 from jaxface.invert import render as render_lib
 
 SUITE = "inversion"
@@ -291,24 +291,30 @@ def run(
     repeats: int | None = None,
     model: str = "auto",
     layout: str = "NHWC",
+    torch_python: str | None = None,
     log=print,
 ) -> list[dict]:
     """Benchmark records (a list of dicts) for the named configurations (default: all).
 
     model: 'auto' (jaxface.models.vggface.VGGFace where it accepts the resolution, else the built-in
     VGG-16 stack), 'vggface' or 'builtin'; layout: 'NHWC' or 'NCHW' (built-in stack only).
+    torch_python: a Python interpreter with torch; the PyTorch eager reference of the same step
+    (jaxface/bench/torch_inversion.py) then runs right after, and every JAX record gets
+    `speedup_vs_torch` (its image-steps/s over torch's, measured in this run).
     """
+    if torch_python is not None and not (os.path.isfile(torch_python) and os.access(torch_python, os.X_OK)):
+        raise BenchError(f"--torch_python={torch_python!r} is not an executable Python interpreter")
     if model not in ("auto", "vggface", "builtin"):
-        raise ValueError(f"unknown model {model!r}; valid: auto, vggface, builtin")
+        raise BenchError(f"unknown model {model!r}; valid: auto, vggface, builtin")
     if layout not in ("NHWC", "NCHW"):
-        raise ValueError(f"unknown layout {layout!r}; valid: NHWC, NCHW")
+        raise BenchError(f"unknown layout {layout!r}; valid: NHWC, NCHW")
     names = list(configs or (["tiny"] if quick else list(CONFIGS)))
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise ValueError(f"unknown inversion bench config(s) {unknown}; valid: {', '.join(CONFIGS)}")
+        raise BenchError(f"unknown inversion bench config(s) {unknown}; valid: {', '.join(CONFIGS)}")
     bad_loops = [lp for lp in loops if lp not in LOOP_FORMS]
     if bad_loops:
-        raise ValueError(f"unknown loop form(s) {bad_loops}; valid: {', '.join(LOOP_FORMS)}")
+        raise BenchError(f"unknown loop form(s) {bad_loops}; valid: {', '.join(LOOP_FORMS)}")
     repeats = repeats or (2 if quick else 8)
     # Every loop form runs the same steps; by default as many as the unrolled form compiles per chunk.
     chunk = int(chunk or render_lib.DEFAULT_CHUNK["unrolled"])
@@ -325,7 +331,35 @@ def run(
             peak_gflops=peak, peak_gflops_per_cpu_s=peak_per_cpu_s, env=env, model=model, layout=layout,
             log=log,
         )
+    if torch_python is not None:
+        reference = torch_reference(torch_python, names, chunk, repeats)
+        by_name = {r["name"]: r for r in reference}
+        for r in records:
+            r["speedup_vs_torch"] = round(r["image_steps_per_s"] / by_name[r["name"]]["image_steps_per_s"], 3)
+        for r in reference:
+            r.update(backend="cpu", devices=1, model="torch-eager", speedup_vs_torch=1.0,
+                     cpu_model=env["cpu_model"], cpu_count=env["cpu_count"])
+            log(_row(r))
+        for r in records:
+            torch_rate = by_name[r["name"]]["image_steps_per_s"]
+            log(f"  {r['name']} {r['loop']}: {r['image_steps_per_s']} image-steps/s = "
+                f"{r['speedup_vs_torch']}x PyTorch eager ({torch_rate})")
+        records += reference
     return records
+
+
+def torch_reference(torch_python: str, names: Sequence[str], steps: int, repeats: int) -> list[dict]:
+    """Records of the PyTorch eager reference (torch_inversion.py, run by `torch_python`)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_inversion.py")
+    done = subprocess.run(
+        [torch_python, script, f"--configs={','.join(names)}", f"--steps={steps}", f"--repeats={repeats}"],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"the PyTorch reference failed under {torch_python} (does it have torch and "
+                         f"numpy?): {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -333,14 +367,15 @@ _COLUMNS = (
     ("name", 8), ("model", 20), ("loop", 9), ("resolution", 5), ("batch", 5), ("width", 5), ("step_ms", 9),
     ("cpu_ms_per_step", 9),
     ("image_steps_per_s", 10), ("gflops_per_s", 8), ("peak_gflops_per_s", 8), ("fraction_of_peak", 6),
-    ("cpu_fraction_of_peak", 8), ("compile_s", 8), ("speedup_vs_python_loop", 8), ("load_average", 6),
+    ("cpu_fraction_of_peak", 8), ("compile_s", 8), ("speedup_vs_python_loop", 8), ("speedup_vs_torch", 8),
+    ("load_average", 6),
 )
 _TITLES = {
     "cpu_ms_per_step": "cpu_ms",
     "cpu_fraction_of_peak": "cpu_frac",
     "resolution": "px", "image_steps_per_s": "img-st/s", "gflops_per_s": "GFLOP/s",
     "peak_gflops_per_s": "peak", "fraction_of_peak": "frac", "compile_s": "compile",
-    "speedup_vs_python_loop": "vs py", "load_average": "load",
+    "speedup_vs_python_loop": "vs py", "speedup_vs_torch": "vs torch", "load_average": "load",
 }
 
 
@@ -395,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--model", default="auto", help="auto | vggface | builtin")
     parser.add_argument("--layout", default="NHWC", help="NHWC | NCHW (builtin model only)")
     parser.add_argument("--xla-variants", help="';'-separated XLA_FLAGS values to compare (subprocesses)")
+    parser.add_argument("--torch-python", help="a Python with torch: also time the PyTorch eager reference")
     args = parser.parse_args(argv)
     if args.xla_variants:
         records = _run_variants(args.xla_variants.split(";"), argv)
@@ -408,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             repeats=args.repeats,
             model=args.model,
             layout=args.layout,
+            torch_python=args.torch_python,
         )
     print()
     print_table(records)

@@ -10,25 +10,25 @@ from typing import Callable
 SUITE_NAMES = ("train", "inversion", "cgmm", "data")
 
 
-def _train(quick: bool) -> list[dict]:
+def _train(quick: bool, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import train_bench
 
     return train_bench.run(("tiny", "full64") if quick else tuple(train_bench.CASES), steps=3 if quick else 5)
 
 
-def _inversion(quick: bool) -> list[dict]:
+def _inversion(quick: bool, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import inversion_bench
 
-    return inversion_bench.run(quick=quick)
+    return inversion_bench.run(quick=quick, torch_python=torch_python)
 
 
-def _cgmm(quick: bool) -> list[dict]:
+def _cgmm(quick: bool, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import cgmm_bench
 
     return cgmm_bench.run(num=4000, dim=1024) if quick else cgmm_bench.run()
 
 
-def _data(quick: bool) -> list[dict]:
+def _data(quick: bool, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import common, synthfaces_speed
     from jaxface.data import augment
 
@@ -42,17 +42,20 @@ def _data(quick: bool) -> list[dict]:
     return [dict(r, **env) for r in records]
 
 
-SUITES: dict[str, Callable[[bool], list[dict]]] = {
+# Each suite takes (quick, torch_python); only the inversion suite has a PyTorch reference.
+SUITES: dict[str, Callable[..., list[dict]]] = {
     "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data,
 }
 
 
-def run(suite: str, quick: bool = False) -> list[dict]:
+def run(suite: str, quick: bool = False, torch_python: str | None = None) -> list[dict]:
     if suite != "all" and suite not in SUITES:
-        raise ValueError(f"unknown --suite={suite!r}; valid: {', '.join(SUITE_NAMES)}, all")
+        from jaxface.bench.common import BenchError
+
+        raise BenchError(f"unknown --suite={suite!r}; valid: {', '.join(SUITE_NAMES)}, all")
     names = SUITE_NAMES if suite == "all" else (suite,)
     records = []
     for name in names:
         print(f"--- bench suite: {name}", flush=True)
-        records += SUITES[name](quick)
+        records += SUITES[name](quick, torch_python)
     return records
