@@ -317,8 +317,12 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, (ValueError, KeyError, TypeError)) and type(err).__module__.startswith("jaxface")
 
 
+# Models whose CPU training measured faster without XLA:CPU's YNNPACK fusions (parallel.VGG_CPU_XLA_FLAGS).
+_NO_YNN_MODELS = ("vggface", "mobilenetv3_small", "mobilenetv3_large")
+
+
 def _runs_vgg(name: str) -> bool:
-    """Does this command spend its time in VGG-Face convolutions (see parallel.VGG_CPU_XLA_FLAGS)?"""
+    """Does this command spend its time in convolutions that run faster with parallel.VGG_CPU_XLA_FLAGS?"""
     if name in ("fit-cgmm", "generate", "bench", "demo"):
         return True
     if name in ("train", "evaluate"):
@@ -327,7 +331,7 @@ def _runs_vgg(name: str) -> bool:
         except (OSError, ValueError):
             return False  # the command itself reports an unreadable config
         model = getattr(config, "model", None) if config is not None else None
-        return getattr(model, "name", None) == "vggface"
+        return getattr(model, "name", None) in _NO_YNN_MODELS
     return False
 
 

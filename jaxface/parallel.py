@@ -20,8 +20,8 @@ MODEL_AXIS = "model"
 # XLA:CPU's YNNPACK fusions run VGG's 3x3 convolutions slower than its default convolution path on the
 # 2-core x86 machine we measure on (jax 0.10): inversion step full64 1.18x, full112 1.13x, training
 # step tiny 1.19x, full112 1.33x faster without them (jaxface bench; MobileNetV3 training 1.08x too),
-# but ResNet-18 training 0.9x. So the VGG commands turn them off; the flag exists in these jaxlibs
-# only (an unknown XLA flag aborts the process), and a user's own XLA_FLAGS setting wins.
+# but ResNet-18 training 0.9x. So the VGG commands (and MobileNetV3 training) turn them off; the flag
+# exists in these jaxlibs only (an unknown XLA flag aborts the process); a user's own XLA_FLAGS win.
 VGG_CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 _VGG_FLAG_JAXLIBS = ("0.10.",)
 
