@@ -79,3 +79,18 @@ def test_vgg_commands_add_their_cpu_xla_flag_once_and_users_win():
     assert not parallel.apply_vgg_cpu_xla_flags(off) and "XLA_FLAGS" not in off
     empty = {}
     assert parallel.apply_vgg_cpu_xla_flags(empty) and empty["XLA_FLAGS"] == flag
+
+
+def test_pytorch_reference_under_a_python_without_torch_is_a_clear_error():
+    import pytest
+
+    from jaxface.bench import common, inversion_bench
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("this Python has torch: the reference would run")
+    with pytest.raises(common.BenchError, match=r"PyTorch reference failed under .*No module named 'torch'"):
+        inversion_bench.torch_reference(sys.executable, ["tiny"], steps=1, repeats=1)
