@@ -321,7 +321,7 @@ def _is_user_error(err: BaseException) -> bool:
 _NO_YNN_MODELS = ("vggface", "mobilenetv3_small", "mobilenetv3_large")
 
 
-def _runs_vgg(name: str) -> bool:
+def _faster_without_ynn(name: str) -> bool:
     """Does this command spend its time in convolutions that run faster with parallel.VGG_CPU_XLA_FLAGS?"""
     if name in ("fit-cgmm", "generate", "bench", "demo"):
         return True
@@ -357,7 +357,7 @@ def run(argv: list[str] | None = None):
         try:
             from jaxface import parallel
 
-            if _runs_vgg(name):
+            if _faster_without_ynn(name):
                 parallel.apply_vgg_cpu_xla_flags()
 
             # Before anything touches a device: a multi-process launch must initialise first.

@@ -213,9 +213,9 @@ def bench_config(
     config: Config,
     *,
     loops: Sequence[str] = LOOP_FORMS,
-    chunk: int = 4,
+    chunk: int,
     scan_unroll: int = 1,
-    repeats: int = 8,
+    repeats: int,
     peak_gflops: float,
     peak_gflops_per_cpu_s: float,
     env: dict,
@@ -333,17 +333,15 @@ def run(
         )
     if torch_python is not None:
         reference = torch_reference(torch_python, names, chunk, repeats)
-        by_name = {r["name"]: r for r in reference}
-        for r in records:
-            r["speedup_vs_torch"] = round(r["image_steps_per_s"] / by_name[r["name"]]["image_steps_per_s"], 3)
         for r in reference:
             r.update(backend="cpu", devices=1, model="torch-eager", speedup_vs_torch=1.0,
                      cpu_model=env["cpu_model"], cpu_count=env["cpu_count"])
             log(_row(r))
+        torch_rate = {r["name"]: r["image_steps_per_s"] for r in reference}
         for r in records:
-            torch_rate = by_name[r["name"]]["image_steps_per_s"]
+            r["speedup_vs_torch"] = round(r["image_steps_per_s"] / torch_rate[r["name"]], 3)
             log(f"  {r['name']} {r['loop']}: {r['image_steps_per_s']} image-steps/s = "
-                f"{r['speedup_vs_torch']}x PyTorch eager ({torch_rate})")
+                f"{r['speedup_vs_torch']}x PyTorch eager ({torch_rate[r['name']]})")
         records += reference
     return records
 

@@ -71,8 +71,7 @@ class CGMMStore:
         if self.image_prior is not None:
             p = self.image_prior
             size = int(self.image_size or 0)
-            if (np.ndim(p.basis) != 2 or np.shape(p.mean) != (size * size * 3,)
-                    or np.shape(p.basis)[1] != size * size * 3 or np.shape(p.std) != (np.shape(p.basis)[0],)):
+            if not p.describes(size, size):
                 raise CGMMStoreError(
                     f"image prior arrays (mean {np.shape(p.mean)}, basis {np.shape(p.basis)}, std "
                     f"{np.shape(p.std)}) do not describe {size}x{size}x3 images")

@@ -76,6 +76,12 @@ class ImagePrior(NamedTuple):
     def dim(self) -> int:
         return int(np.shape(self.mean)[0])
 
+    def describes(self, height: int, width: int) -> bool:
+        """Do the arrays' shapes fit together and model (height, width, 3) images?"""
+        d = int(height) * int(width) * 3
+        return (np.ndim(self.basis) == 2 and np.shape(self.mean) == (d,) and np.shape(self.basis)[1] == d
+                and np.shape(self.std) == (np.shape(self.basis)[0],))
+
 
 def fit_image_prior(images: Any, components: int) -> tuple[ImagePrior, dict]:
     """Closed-form PCA of (N, H, W, 3) images in [0, 1]: the top `components` directions.
@@ -243,7 +249,7 @@ def make_image_param(
     if kind == "pca":
         if prior is None:
             raise ParamError("param='pca' needs an image prior (fitted by fit-cgmm, or fit_image_prior)")
-        if prior.dim != height * width * 3 or np.shape(prior.std) != (prior.components,):
+        if not prior.describes(height, width):
             raise ParamError(
                 f"the image prior models {prior.dim} values per image; {height}x{width}x3 images need "
                 f"{height * width * 3}")
