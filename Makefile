@@ -5,20 +5,25 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test install kernels clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,onednn]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Optional native convolution (jaxface/kernels/onednn.py): built when missing or its source changed;
+# without a compiler or oneDNN it says so and everything runs on XLA's convolution.
+kernels: $(STAMP)
+	$(PY) -m jaxface.kernels.onednn build
 
-demo: $(STAMP)
+install: kernels
+
+demo: kernels
 	$(PY) -m jaxface demo --workdir=$(WORKDIR)
 
-test: $(STAMP)
+test: kernels
 	$(PY) -m pytest -q tests
 
 clean:

@@ -28,6 +28,11 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # oneDNN convolutions for XLA:CPU (jaxface/kernels/onednn.py); headers and libdnnl for the build.
+        "onednn": [
+            "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+            "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
     },
     entry_points={"console_scripts": ["jaxface=jaxface.cli:run"]},

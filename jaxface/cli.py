@@ -359,6 +359,9 @@ def run(argv: list[str] | None = None):
 
             if _faster_without_ynn(name):
                 parallel.apply_vgg_cpu_xla_flags()
+            from jaxface.kernels import onednn
+
+            onednn.mode()  # a bad JAXFACE_CONV is one error before any work
 
             # Before anything touches a device: a multi-process launch must initialise first.
             parallel.maybe_initialize_distributed(FLAGS["config"].value if "config" in FLAGS else None)

@@ -1,5 +1,6 @@
 """The `jaxface` command as a user runs it: help, the data command, and one-line user errors."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -58,6 +59,12 @@ def test_user_errors_are_one_clear_line(tmp_path):
     torch = _run("bench", "--suite=inversion", f"--torch_python={tmp_path / 'python'}")
     assert torch.returncode == 2 and "is not an executable Python interpreter" in torch.stderr
     assert "Traceback" not in suite.stderr + torch.stderr
+    fresh = tmp_path / "conv"
+    conv = subprocess.run([sys.executable, "-m", "jaxface", "data", f"--workdir={fresh}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "JAXFACE_CONV": "mkl"})
+    assert conv.returncode == 2 and "Traceback" not in conv.stderr
+    assert "error: JAXFACE_CONV='mkl' is not a convolution backend; valid: auto, xla, onednn" in conv.stderr
+    assert not fresh.exists()
 
 
 def test_vgg_commands_add_their_cpu_xla_flag_once_and_users_win():

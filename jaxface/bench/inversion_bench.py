@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.bench.common import BenchError, environment, load_average, measure_matmul_peak
+from jaxface.bench.common import BenchError, compiled_flops, environment, load_average, measure_matmul_peak
 from jaxface.invert import render as render_lib
+from jaxface.kernels import onednn
 
 SUITE = "inversion"
 LOOP_FORMS = ("python", "unrolled", "scan")
@@ -137,6 +138,7 @@ class Problem:
     flops_per_step: float
     single_step_compile_s: float
     model: str
+    convolution: str  # "onednn" or "xla": what the compiled step calls
 
 
 def build_problem(
@@ -169,10 +171,10 @@ def build_problem(
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return Problem(spec, state, inputs, float(cost.get("flops", float("nan"))), compile_s, model_name)
+    convolution = "onednn" if onednn.CALL_MARKER in lowered.as_text() else "xla"
+    flops = compiled_flops(render.single_step, state, inputs, spec=spec)
+    return Problem(spec, state, inputs, float("nan") if flops is None else flops, compile_s, model_name,
+                   convolution)
 
 
 def _runner(problem: Problem, loop: str, chunk: int, scan_unroll: int):
@@ -256,6 +258,7 @@ def bench_config(
             width=config.width,
             layer=config.layer,
             model=problem.model,
+            convolution=problem.convolution,
             steps=chunk * repeats,
             chunk=chunk,
             step_ms=round(step_s[loop] * 1e3, 2),
@@ -362,8 +365,8 @@ def torch_reference(torch_python: str, names: Sequence[str], steps: int, repeats
 
 # ------------------------------------------------------------------------------------------ table
 _COLUMNS = (
-    ("name", 8), ("model", 20), ("loop", 9), ("resolution", 5), ("batch", 5), ("width", 5), ("step_ms", 9),
-    ("cpu_ms_per_step", 9),
+    ("name", 8), ("model", 20), ("convolution", 7), ("loop", 9), ("resolution", 5), ("batch", 5), ("width", 5),
+    ("step_ms", 9), ("cpu_ms_per_step", 9),
     ("image_steps_per_s", 10), ("gflops_per_s", 8), ("peak_gflops_per_s", 8), ("fraction_of_peak", 6),
     ("cpu_fraction_of_peak", 8), ("compile_s", 8), ("speedup_vs_python_loop", 8), ("speedup_vs_torch", 8),
     ("load_average", 6),
@@ -374,6 +377,7 @@ _TITLES = {
     "resolution": "px", "image_steps_per_s": "img-st/s", "gflops_per_s": "GFLOP/s",
     "peak_gflops_per_s": "peak", "fraction_of_peak": "frac", "compile_s": "compile",
     "speedup_vs_python_loop": "vs py", "speedup_vs_torch": "vs torch", "load_average": "load",
+    "convolution": "conv",
 }
 
 

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxface.kernels import onednn
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -237,6 +239,42 @@ def conv2d(
         bias_init=zeros_init,
         rngs=rngs,
     )
+
+
+def _explicit_padding(padding, kernel_size) -> tuple[tuple[int, int], ...] | None:
+    """nnx.Conv padding as ((lo, hi), (lo, hi)), or None for the forms the oneDNN path leaves to XLA."""
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            return ((0, 0),) * len(kernel_size)
+        if padding.upper() == "SAME":
+            return tuple(((k - 1) // 2, k // 2) for k in kernel_size)  # stride 1 only: see Conv
+        return None
+    if isinstance(padding, int):
+        return ((padding, padding),) * len(kernel_size)
+    pads = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    return pads if all(len(p) == 2 for p in pads) else None
+
+
+class Conv(nnx.Conv):
+    """An nnx.Conv (same parameters, same result to float32 rounding) whose float32 2-D convolution
+    runs on oneDNN where jaxface.kernels.onednn.applies (a single CPU device with the extension built,
+    unless JAXFACE_CONV says otherwise), and on XLA's convolution everywhere else."""
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides or (1, 1))
+        dilations = [d for d in (self.input_dilation, self.kernel_dilation) if d not in (None, 1, (1, 1))]
+        padding = _explicit_padding(self.padding, self.kernel_size)
+        if isinstance(self.padding, str) and self.padding.upper() == "SAME" and strides != (1, 1):
+            padding = None
+        if (len(self.kernel_size) != 2 or padding is None or self.mask is not None or out_sharding is not None
+                or self.dtype not in (None, jnp.float32)
+                or not onednn.applies(inputs, self.kernel[...], feature_group_count=self.feature_group_count,
+                                      dilated=bool(dilations))):
+            return super().__call__(inputs, out_sharding)
+        out = onednn.conv2d(inputs, self.kernel[...], strides=strides, padding=padding)
+        if self.bias is not None:
+            out = out + self.bias[...]
+        return out
 
 
 class DepthwiseConv(nnx.Conv):

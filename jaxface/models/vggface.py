@@ -154,7 +154,7 @@ class VGGFace(nnx.Module):
         for block, n_conv, _ in _BLOCKS:
             out_ch = self.channels[block]
             for i in range(1, n_conv + 1):
-                conv = nnx.Conv(
+                conv = layers_lib.Conv(
                     in_ch,
                     out_ch,
                     kernel_size=(3, 3),

@@ -1,0 +1,1 @@
+"""Native kernels XLA calls through FFI (optional; every model runs without them)."""

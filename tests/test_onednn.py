@@ -1,0 +1,198 @@
+"""The oneDNN convolution (jaxface.kernels.onednn): same values and gradients as XLA's, the policy
+that picks it, and its use in VGG-Face and the inversion loop. Needs the built extension (`make`
+builds it); the policy and build-error tests run without it."""
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxface.invert import render
+from jaxface.kernels import onednn
+from jaxface.models import layers
+from jaxface.models.vggface import VGGFace
+
+needs_onednn = pytest.mark.skipif(onednn.unavailable_reason() is not None,
+                                  reason=f"oneDNN convolution unavailable: {onednn.unavailable_reason()}")
+
+
+def _xla_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _relative(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+
+# (batch, size, in, out, stride, padding): VGG's first layer (3 channels, padded blocks), a deep
+# 512-channel layer, odd channels with stride 2 and asymmetric pads, and a 'VALID' 1x1 output.
+CASES = [
+    (4, 16, 3, 64, 1, ((1, 1), (1, 1))),
+    (2, 4, 512, 512, 1, ((1, 1), (1, 1))),
+    (3, 11, 40, 24, 2, ((1, 0), (0, 2))),
+    (2, 3, 5, 7, 1, ((0, 0), (0, 0))),
+]
+
+
+@needs_onednn
+def test_values_and_both_gradients_equal_xla_convolution():
+    blocks = set()
+    for n, size, cin, cout, stride, padding in CASES:
+        x = jax.random.normal(jax.random.key(0), (n, size, size, cin))
+        kernel = jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
+        strides = (stride, stride)
+
+        def ours(x, k):
+            return onednn.conv2d(x, k, strides=strides, padding=padding)
+
+        def xla(x, k):
+            return _xla_conv(x, k, strides, padding)
+
+        expected = xla(x, kernel)
+        got = jax.jit(ours)(x, kernel)
+        assert got.shape == expected.shape
+        assert _relative(got, expected) < 1e-5
+        cotangent = jax.random.normal(jax.random.key(2), expected.shape)
+        dx, dk = jax.jit(lambda x, k, g: jax.vjp(ours, x, k)[1](g))(x, kernel, cotangent)
+        dx_ref, dk_ref = jax.vjp(xla, x, kernel)[1](cotangent)
+        assert _relative(dx, dx_ref) < 1e-5 and _relative(dk, dk_ref) < 1e-5
+        for kind in (0, 1):
+            blocks.add(onednn._weights_block(onednn._key(kind, x.shape, kernel.shape, strides, padding)) > 0)
+    # Both weight paths ran: packed by JAX (blocked layout) and plain HWIO reordered by the handler.
+    assert blocks == {True, False}
+
+
+@needs_onednn
+def test_vggface_activations_and_input_gradient_match_xla():
+    model = VGGFace(head_sizes=(2, 3), width=0.125, input_size=32, rngs=nnx.Rngs(0))
+    images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3)) * 255
+
+    def run():
+        def loss(m, x):
+            acts = m.activations(x, ["conv5_3", "fc7"])
+            return jnp.sum(acts["conv5_3"] ** 2) + jnp.sum(acts["fc7"]), acts
+
+        fn = nnx.jit(lambda m, x: jax.grad(lambda x: loss(m, x), has_aux=True)(x))
+        text = jax.jit(lambda x: loss(model, x)[0]).lower(images).as_text()
+        return fn(model, images), onednn.CALL_MARKER in text
+
+    with onednn.forced("onednn"):
+        (grad_ours, acts_ours), called_ours = run()
+    with onednn.forced("xla"):
+        (grad_xla, acts_xla), called_xla = run()
+    assert called_ours and not called_xla
+    for name in ("conv5_3", "fc7"):
+        assert _relative(acts_ours[name], acts_xla[name]) < 1e-4
+    assert _relative(grad_ours, grad_xla) < 1e-3
+
+
+@needs_onednn
+def test_gradients_under_a_one_device_explicit_mesh_keep_their_sharding_types():
+    # How `jaxface train` and `generate` run on one CPU: custom_vjp checks the cotangents' types.
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,),
+                         devices=jax.devices()[:1])
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(conv(x, k).mean(axis=(1, 2)) ** 2)
+
+    ours = loss(lambda x, k: onednn.conv2d(x, k, padding=((1, 1), (1, 1))))
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        dx, dk = jax.jit(jax.grad(ours, argnums=(0, 1)))(xs, kernel)
+    dx_ref, dk_ref = jax.grad(loss(lambda x, k: _xla_conv(x, k, (1, 1), ((1, 1), (1, 1)))), argnums=(0, 1))(x, kernel)
+    assert _relative(dx, dx_ref) < 1e-5 and _relative(dk, dk_ref) < 1e-5
+
+
+@needs_onednn
+def test_inversion_loop_on_onednn_follows_the_xla_run():
+    weights = [jax.random.normal(k, (3, 3, cin, cout)) * np.sqrt(2.0 / (9 * cin))
+               for k, (cin, cout) in zip(jax.random.split(jax.random.key(0), 2), [(3, 8), (8, 16)])]
+
+    def features(conv):
+        def apply(ws, images):
+            x = images - 0.5
+            for w in ws:
+                x = jax.nn.relu(conv(x, w))
+            return x
+        return apply
+
+    def ours(x, w):
+        return onednn.conv2d(x, w, padding=((1, 1), (1, 1)))
+
+    def xla(x, w):
+        return _xla_conv(x, w, (1, 1), ((1, 1), (1, 1)))
+
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    targets = jax.jit(features(xla))(weights, images)
+    settings = dict(key=jax.random.key(7), steps=6, size=16, lr=0.05, jitter=2, tv_weight=0.05, chunk=3,
+                    loop="unrolled")
+    a = render.invert((features(ours), weights), targets, **settings)
+    b = render.invert((features(xla), weights), targets, **settings)
+    np.testing.assert_allclose(a.images, b.images, atol=1e-4)
+    np.testing.assert_allclose(a.feature_error, b.feature_error, rtol=1e-3)
+
+
+@needs_onednn
+def test_conv2d_rejects_mismatched_channels_and_bad_geometry():
+    x, kernel = jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 3, 2))
+    with pytest.raises(ValueError, match="4 channels but the kernel expects 3"):
+        onednn.conv2d(x, kernel)
+    with pytest.raises(ValueError, match="strides"):
+        onednn.conv2d(x, jnp.ones((3, 3, 4, 2)), strides=(0, 1))
+
+
+def test_auto_keeps_xla_with_several_devices_or_under_a_mesh(monkeypatch):
+    monkeypatch.delenv(onednn.ENV, raising=False)
+    x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    assert jax.device_count() == 8 and onednn.mode() == "auto"
+    assert not onednn.applies(x, kernel)
+    if onednn.unavailable_reason() is None:
+        with onednn.forced("onednn"):
+            assert onednn.applies(x, kernel)
+            assert not onednn.applies(x.astype(jnp.bfloat16), kernel)
+            assert not onednn.applies(x, kernel, feature_group_count=2)
+            with jax.set_mesh(jax.make_mesh((8,), ("data",))):
+                assert not onednn.applies(x, kernel)
+
+
+def test_bad_backend_name_and_missing_extension_are_one_clear_error(monkeypatch):
+    monkeypatch.setenv(onednn.ENV, "mkl")
+    with pytest.raises(onednn.ConvBackendError, match="JAXFACE_CONV='mkl'.*valid: auto, xla, onednn"):
+        onednn.mode()
+    monkeypatch.setenv(onednn.ENV, "onednn")
+    monkeypatch.setattr(onednn, "_load", lambda: (None, "the oneDNN convolution is not built"))
+    with pytest.raises(onednn.ConvBackendError, match="JAXFACE_CONV=onednn but the oneDNN convolution is not"):
+        onednn.applies(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 2)))
+    monkeypatch.setenv(onednn.ENV, "auto")
+    assert not onednn.applies(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 2)))
+    assert onednn.describe().startswith("xla (the oneDNN convolution is not built")
+
+
+@pytest.mark.parametrize("padding,strides", [(((1, 1), (1, 1)), 1), ("SAME", 1), ("SAME", 2), (1, 2), ("VALID", 1)])
+def test_conv_layer_equals_nnx_conv_on_either_backend(padding, strides):
+    conv = layers.Conv(3, 5, (3, 3), strides=strides, padding=padding, rngs=nnx.Rngs(0))
+    plain = nnx.Conv(3, 5, (3, 3), strides=strides, padding=padding, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+    with onednn.forced("xla"):
+        np.testing.assert_array_equal(conv(x), plain(x))
+    if onednn.unavailable_reason() is None:
+        with onednn.forced("onednn"):
+            ours = jax.jit(lambda x: conv(x))
+            uses_onednn = (padding, strides) != ("SAME", 2)  # strided 'SAME' is left to XLA
+            assert (onednn.CALL_MARKER in ours.lower(x).as_text()) == uses_onednn
+            np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_build_without_onednn_says_what_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    problems = onednn.build_problems()
+    assert any("pip install -e '.[onednn]'" in p for p in problems)
+    with pytest.raises(onednn.ConvBackendError, match="cannot build the oneDNN convolution: oneDNN is not installed"):
+        onednn.build()
+    assert onednn.main(["build"]) == 0  # optional: make goes on, on XLA's convolution
+    assert "XLA's convolution will run" in capsys.readouterr().out
+    assert onednn.main(["frobnicate"]) == 2
