@@ -172,19 +172,21 @@ def test_bad_backend_name_and_missing_extension_are_one_clear_error(monkeypatch)
     assert onednn.describe().startswith("xla (the oneDNN convolution is not built")
 
 
-@pytest.mark.parametrize("padding,strides", [(((1, 1), (1, 1)), 1), ("SAME", 1), ("SAME", 2), (1, 2), ("VALID", 1)])
-def test_conv_layer_equals_nnx_conv_on_either_backend(padding, strides):
-    conv = layers.Conv(3, 5, (3, 3), strides=strides, padding=padding, rngs=nnx.Rngs(0))
-    plain = nnx.Conv(3, 5, (3, 3), strides=strides, padding=padding, rngs=nnx.Rngs(0))
+def test_conv_layer_equals_nnx_conv_on_either_backend():
+    # (padding, strides): every form nnx.Conv takes; strided 'SAME' is left to XLA.
+    forms = [(((1, 1), (1, 1)), 1), ("SAME", 1), ("SAME", 2), (1, 2), ("VALID", 1)]
+    pairs = [(layers.Conv(3, 5, (3, 3), strides=s, padding=p, rngs=nnx.Rngs(0)),
+              nnx.Conv(3, 5, (3, 3), strides=s, padding=p, rngs=nnx.Rngs(0))) for p, s in forms]
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
     with onednn.forced("xla"):
-        np.testing.assert_array_equal(conv(x), plain(x))
+        for conv, plain in pairs:
+            np.testing.assert_array_equal(conv(x), plain(x))
     if onednn.unavailable_reason() is None:
         with onednn.forced("onednn"):
-            ours = jax.jit(lambda x: conv(x))
-            uses_onednn = (padding, strides) != ("SAME", 2)  # strided 'SAME' is left to XLA
-            assert (onednn.CALL_MARKER in ours.lower(x).as_text()) == uses_onednn
-            np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
+            for (conv, plain), form in zip(pairs, forms):
+                ours = jax.jit(lambda x: conv(x))
+                assert (onednn.CALL_MARKER in ours.lower(x).as_text()) == (form != ("SAME", 2))
+                np.testing.assert_allclose(ours(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
 def test_build_without_onednn_says_what_to_install(monkeypatch, tmp_path, capsys):
