@@ -143,6 +143,8 @@ def test_conv2d_rejects_mismatched_channels_and_bad_geometry():
         onednn.conv2d(x, kernel)
     with pytest.raises(ValueError, match="strides"):
         onednn.conv2d(x, jnp.ones((3, 3, 4, 2)), strides=(0, 1))
+    assert onednn.supports((1, 5, 5, 4), (3, 3, 4, 2), (1, 1), ((1, 1), (1, 1)))
+    assert not onednn.supports((1, 2, 2, 4), (5, 5, 4, 2), (1, 1), ((0, 0), (0, 0)))  # no output pixels
 
 
 def test_auto_keeps_xla_with_several_devices_or_under_a_mesh(monkeypatch):

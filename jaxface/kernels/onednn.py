@@ -193,6 +193,16 @@ def applies(inputs, kernel, *, feature_group_count: int = 1, dilated: bool = Fal
             and kernel.dtype == jnp.float32 and feature_group_count == 1 and not dilated)
 
 
+def supports(x_shape, kernel_shape, strides, padding) -> bool:
+    """Does oneDNN take this problem (NHWC input, HWIO kernel, 2 strides, 2 (lo, hi) pads)? It has
+    rejected no convolution we tried, but a rejected one runs on XLA rather than failing mid-run."""
+    try:
+        return all(_weights_block(_key(kind, x_shape, kernel_shape, strides, padding)) >= 0
+                   for kind in (_FORWARD, _BACKWARD_DATA))
+    except (ConvBackendError, ValueError, TypeError):
+        return False
+
+
 def describe() -> str:
     """One line for logs and benchmark records: which convolution a single-device CPU run uses."""
     chosen = mode()

@@ -269,7 +269,8 @@ class Conv(nnx.Conv):
         if (len(self.kernel_size) != 2 or padding is None or self.mask is not None or out_sharding is not None
                 or self.dtype not in (None, jnp.float32)
                 or not onednn.applies(inputs, self.kernel[...], feature_group_count=self.feature_group_count,
-                                      dilated=bool(dilations))):
+                                      dilated=bool(dilations))
+                or not onednn.supports(inputs.shape, self.kernel.shape, strides, padding)):
             return super().__call__(inputs, out_sharding)
         out = onednn.conv2d(inputs, self.kernel[...], strides=strides, padding=padding)
         if self.bias is not None:
