@@ -65,6 +65,26 @@ def test_values_and_both_gradients_equal_xla_convolution():
 
 
 @needs_onednn
+def test_fused_bias_relu_equals_xla_with_all_three_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
+    bias = jax.random.normal(jax.random.key(2), (32,))
+    padding = ((1, 1), (1, 1))
+
+    def loss(fn):
+        return lambda x, k, b: jnp.sum(fn(x, k, b) * jnp.arange(32.0))
+
+    ours = loss(lambda x, k, b: onednn.conv2d_bias_relu(x, k, b, padding=padding))
+    xla = loss(lambda x, k, b: jax.nn.relu(_xla_conv(x, k, (1, 1), padding) + b))
+    assert abs(float(jax.jit(ours)(x, kernel, bias)) / float(xla(x, kernel, bias)) - 1) < 1e-5
+    got = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(x, kernel, bias)
+    for a, b in zip(got, jax.grad(xla, argnums=(0, 1, 2))(x, kernel, bias)):
+        assert _relative(a, b) < 1e-5
+    with pytest.raises(ValueError, match=r"bias must have shape \(32,\)"):
+        onednn.conv2d_bias_relu(x, kernel, bias[:5], padding=padding)
+
+
+@needs_onednn
 def test_vggface_activations_and_input_gradient_match_xla():
     model = VGGFace(head_sizes=(2, 3), width=0.125, input_size=32, rngs=nnx.Rngs(0))
     images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3)) * 255

@@ -42,8 +42,9 @@ ENV = "JAXFACE_CONV"
 MODES = ("auto", "xla", "onednn")
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 CALL_MARKER = "JaxfaceConv"  # in the HLO of every program that calls these convolutions
-_TARGETS = ("JaxfaceConvForward", "JaxfaceConvBackwardData", "JaxfaceConvBackwardWeights", "JaxfaceConvPackWeights")
-_FORWARD, _BACKWARD_DATA = 0, 1
+_TARGETS = ("JaxfaceConvForward", "JaxfaceConvBackwardData", "JaxfaceConvBackwardWeights", "JaxfaceConvPackWeights",
+            "JaxfaceConvBiasReluForward")
+_FORWARD, _BACKWARD_DATA, _FORWARD_BIAS_RELU = 0, 1, 3
 
 
 class ConvBackendError(ValueError):
@@ -245,7 +246,7 @@ def _weights_for(kind: int, kernel, key):
     if block <= 0:
         return kernel, 0
     kh, kw, i, o = kernel.shape
-    shape = (-(-o // block), kh, kw, i, block) if kind == _FORWARD else (-(-i // block), kh, kw, o, block)
+    shape = (-(-i // block), kh, kw, o, block) if kind == _BACKWARD_DATA else (-(-o // block), kh, kw, i, block)
     packed = jax.ffi.ffi_call("JaxfaceConvPackWeights", _result(shape, kernel))(
         kernel, key=np.asarray(key, np.int64), block=np.int64(block))
     return packed, block
@@ -303,6 +304,10 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def conv2d(x, kernel, *, strides=(1, 1), padding=((0, 0), (0, 0))):
     """lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=('NHWC','HWIO','NHWC'))
     on oneDNN: float32, no groups or dilation. Differentiable in both arguments."""
+    return _conv(x, kernel, *_geometry(x, kernel, strides, padding))
+
+
+def _geometry(x, kernel, strides, padding):
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if len(strides) != 2 or len(padding) != 2 or min(strides) < 1 or min(min(p) for p in padding) < 0:
@@ -310,7 +315,43 @@ def conv2d(x, kernel, *, strides=(1, 1), padding=((0, 0), (0, 0))):
                          f"got strides={strides} padding={padding}")
     if x.shape[3] != kernel.shape[2]:
         raise ValueError(f"input has {x.shape[3]} channels but the kernel expects {kernel.shape[2]}")
-    return _conv(x, kernel, strides, padding)
+    return strides, padding
+
+
+def _forward_bias_relu(x, kernel, bias, strides, padding):
+    key = _key(_FORWARD_BIAS_RELU, x.shape, kernel.shape, strides, padding)
+    weights, block = _weights_for(_FORWARD_BIAS_RELU, kernel, key)
+    out = _result((x.shape[0], *key[8:10], kernel.shape[3]), x)
+    return jax.ffi.ffi_call("JaxfaceConvBiasReluForward", out)(
+        x, weights, bias, **_attrs(kernel.shape, strides, padding, block))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_bias_relu(x, kernel, bias, strides, padding):
+    return _forward_bias_relu(x, kernel, bias, strides, padding)
+
+
+def _conv_bias_relu_fwd(x, kernel, bias, strides, padding):
+    y = _forward_bias_relu(x, kernel, bias, strides, padding)
+    return y, (x, kernel, y)
+
+
+def _conv_bias_relu_bwd(strides, padding, residuals, g):
+    x, kernel, y = residuals
+    g = jnp.where(y > 0, g, 0.0)
+    dx, dkernel = _conv_bwd(strides, padding, (x, kernel), g)
+    return dx, dkernel, jnp.sum(g, axis=(0, 1, 2))
+
+
+_conv_bias_relu.defvjp(_conv_bias_relu_fwd, _conv_bias_relu_bwd)
+
+
+def conv2d_bias_relu(x, kernel, bias, *, strides=(1, 1), padding=((0, 0), (0, 0))):
+    """relu(conv2d(x, kernel) + bias) in one oneDNN call (bias and ReLU applied as the convolution
+    writes its output, saving a pass over the activations). Differentiable in all three arguments."""
+    if bias.shape != (kernel.shape[3],):
+        raise ValueError(f"bias must have shape ({kernel.shape[3]},), got {bias.shape}")
+    return _conv_bias_relu(x, kernel, bias, *_geometry(x, kernel, strides, padding))
 
 
 # -------------------------------------------------------------------------------------------- CLI

@@ -26,7 +26,8 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+// kForwardBiasRelu: relu(conv + bias), both applied by oneDNN as the kernel writes its output.
+enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2, kForwardBiasRelu = 3 };
 
 // kind, n, h, w, c, kh, kw, o, oh, ow, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right
 using Key = std::array<int64_t, 16>;
@@ -66,6 +67,16 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
   if (k[0] == kForward) {
     plan->primitive = dnnl::convolution_forward(forward);
     plan->weights = forward.weights_desc();
+  } else if (k[0] == kForwardBiasRelu) {
+    dnnl::post_ops relu;
+    relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(relu);
+    dnnl::convolution_forward::primitive_desc fused(
+        Engine(), dnnl::prop_kind::forward_training, algorithm, src, any_weights,
+        dnnl::memory::desc({o}, dt::f32, tag::a), dst, strides, pad_l, pad_r, attr);
+    plan->primitive = dnnl::convolution_forward(fused);
+    plan->weights = fused.weights_desc();
   } else if (k[0] == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc backward(
         Engine(), algorithm, src, any_weights, dst, strides, pad_l, pad_r, forward);
@@ -107,7 +118,7 @@ int64_t BlockOf(const Plan& plan, int64_t kind) {
   const auto dims = plan.user_weights.get_dims();
   for (int64_t b : {16, 32, 64}) {
     tag t;
-    if (kind == kForward)
+    if (kind == kForward || kind == kForwardBiasRelu)
       t = b == 16 ? tag::Acdb16a : b == 32 ? tag::Acdb32a : tag::Acdb64a;
     else
       t = b == 16 ? tag::Bcda16b : b == 32 ? tag::Bcda32b : tag::Bcda64b;
@@ -117,7 +128,7 @@ int64_t BlockOf(const Plan& plan, int64_t kind) {
 }
 
 // in: N,H,W,C (x, or dx for backward data)   out: N,OH,OW,O (y, or dy)   weights: see above.
-ffi::Error Run(Kind kind, float* in, float* weights, float* out, ffi::Span<const int64_t> in_dims,
+ffi::Error Run(Kind kind, float* in, float* weights, float* out, float* bias, ffi::Span<const int64_t> in_dims,
                ffi::Span<const int64_t> weight_dims, ffi::Span<const int64_t> out_dims,
                int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                int64_t pl, int64_t pr, int64_t packed) {
@@ -146,6 +157,14 @@ ffi::Error Run(Kind kind, float* in, float* weights, float* out, ffi::Span<const
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
                                        {DNNL_ARG_WEIGHTS, used},
                                        {DNNL_ARG_DST, out_memory}});
+    } else if (kind == kForwardBiasRelu) {
+      if (reorder) plan->weights_reorder.execute(stream, given, used);
+      dnnl::memory bias_memory({{key[7]}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a},
+                               Engine(), bias);
+      plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
+                                       {DNNL_ARG_WEIGHTS, used},
+                                       {DNNL_ARG_BIAS, bias_memory},
+                                       {DNNL_ARG_DST, out_memory}});
     } else if (kind == kBackwardData) {
       if (reorder) plan->weights_reorder.execute(stream, given, used);
       plan->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, in_memory},
@@ -172,18 +191,28 @@ ffi::Error Run(Kind kind, float* in, float* weights, float* out, ffi::Span<const
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::ResultBuffer<ffi::F32> y,
                    GEOMETRY_PARAMS) {
   return Run(kForward, x.typed_data(), static_cast<float*>(w.untyped_data()), y->typed_data(),
-             x.dimensions(), w.dimensions(), y->dimensions(), GEOMETRY_ARGS);
+             nullptr, x.dimensions(), w.dimensions(), y->dimensions(), GEOMETRY_ARGS);
+}
+
+ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::Buffer<ffi::F32> bias,
+                           ffi::ResultBuffer<ffi::F32> y, GEOMETRY_PARAMS) {
+  if (bias.dimensions().size() != 1 || bias.dimensions()[0] != y->dimensions()[3])
+    return ffi::Error::InvalidArgument("jaxface oneDNN conv: bias must have one value per output channel");
+  return Run(kForwardBiasRelu, x.typed_data(), static_cast<float*>(w.untyped_data()),
+             y->typed_data(), bias.typed_data(), x.dimensions(), w.dimensions(), y->dimensions(),
+             GEOMETRY_ARGS);
 }
 
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::AnyBuffer w,
                         ffi::ResultBuffer<ffi::F32> dx, GEOMETRY_PARAMS) {
   return Run(kBackwardData, dx->typed_data(), static_cast<float*>(w.untyped_data()),
-             dy.typed_data(), dx->dimensions(), w.dimensions(), dy.dimensions(), GEOMETRY_ARGS);
+             dy.typed_data(), nullptr, dx->dimensions(), w.dimensions(), dy.dimensions(), GEOMETRY_ARGS);
 }
 
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                            ffi::ResultBuffer<ffi::F32> dw, GEOMETRY_PARAMS) {
-  return Run(kBackwardWeights, x.typed_data(), dw->typed_data(), dy.typed_data(), x.dimensions(),
+  return Run(kBackwardWeights, x.typed_data(), dw->typed_data(), dy.typed_data(), nullptr,
+             x.dimensions(),
              dw->dimensions(), dy.dimensions(), GEOMETRY_ARGS);
 }
 
@@ -206,7 +235,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 // transposes into these 5-D layouts ran 4x slower).
 ffi::Error PackWeights(ffi::Buffer<ffi::F32> weights, ffi::ResultBuffer<ffi::F32> packed,
                        ffi::Span<const int64_t> key, int64_t block) {
-  if (key.size() != 16 || (key[0] != kForward && key[0] != kBackwardData))
+  if (key.size() != 16 || key[0] == kBackwardWeights || key[0] < 0 || key[0] > kForwardBiasRelu)
     return ffi::Error::InvalidArgument("jaxface oneDNN conv: bad packing key");
   Key k;
   for (int i = 0; i < 16; ++i) k[i] = key[i];
@@ -224,7 +253,7 @@ ffi::Error PackWeights(ffi::Buffer<ffi::F32> weights, ffi::ResultBuffer<ffi::F32
     const int64_t kh = k[5], kw = k[6], ci = k[4], co = k[7], b = block;
     const float* in = weights.typed_data();
     float* out = packed->typed_data();
-    if (k[0] == kForward) {  // out[O/B][KH][KW][I][B] = in[KH][KW][I][O]
+    if (k[0] != kBackwardData) {  // out[O/B][KH][KW][I][B] = in[KH][KW][I][O]
       const int64_t blocks = (co + b - 1) / b;
       for (int64_t ob = 0; ob < blocks; ++ob) {
         const int64_t width = std::min(b, co - ob * b);
@@ -263,6 +292,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvPackWeights, PackWeights,
                                   .Attr<ffi::Span<const int64_t>>("key")
                                   .Attr<int64_t>("block"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvForward, Forward, CONV_BINDING(ffi::AnyBuffer));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBiasReluForward, ForwardBiasRelu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kernel_h")
+                                  .Attr<int64_t>("kernel_w")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<int64_t>("packed"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBackwardData, BackwardData,
                               CONV_BINDING(ffi::AnyBuffer));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBackwardWeights, BackwardWeights,

@@ -261,6 +261,25 @@ class Conv(nnx.Conv):
     unless JAXFACE_CONV says otherwise), and on XLA's convolution everywhere else."""
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        geometry = self._onednn_geometry(inputs, out_sharding)
+        if geometry is None:
+            return super().__call__(inputs, out_sharding)
+        out = onednn.conv2d(inputs, self.kernel[...], strides=geometry[0], padding=geometry[1])
+        if self.bias is not None:
+            out = out + self.bias[...]
+        return out
+
+    def relu_of(self, inputs: jax.Array) -> jax.Array:
+        """relu(self(inputs)); on oneDNN one call that adds the bias and applies the ReLU as the
+        convolution writes its output."""
+        geometry = self._onednn_geometry(inputs, None)
+        if geometry is None or self.bias is None:
+            return jax.nn.relu(self(inputs))
+        return onednn.conv2d_bias_relu(inputs, self.kernel[...], self.bias[...], strides=geometry[0],
+                                       padding=geometry[1])
+
+    def _onednn_geometry(self, inputs, out_sharding):
+        """(strides, padding) when this call runs on oneDNN, else None."""
         strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides or (1, 1))
         dilations = [d for d in (self.input_dilation, self.kernel_dilation) if d not in (None, 1, (1, 1))]
         padding = _explicit_padding(self.padding, self.kernel_size)
@@ -271,11 +290,8 @@ class Conv(nnx.Conv):
                 or not onednn.applies(inputs, self.kernel[...], feature_group_count=self.feature_group_count,
                                       dilated=bool(dilations))
                 or not onednn.supports(inputs.shape, self.kernel.shape, strides, padding)):
-            return super().__call__(inputs, out_sharding)
-        out = onednn.conv2d(inputs, self.kernel[...], strides=strides, padding=padding)
-        if self.bias is not None:
-            out = out + self.bias[...]
-        return out
+            return None
+        return strides, padding
 
 
 class DepthwiseConv(nnx.Conv):

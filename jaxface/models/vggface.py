@@ -252,7 +252,7 @@ class VGGFace(nnx.Module):
         deterministic = not train
         for name in LAYER_NAMES[: deepest + 1]:
             if name.startswith("conv"):
-                h = jax.nn.relu(getattr(self, name)(h))
+                h = getattr(self, name).relu_of(h)
             elif name.startswith("pool"):
                 h = layers_lib.max_pool_2x2(h)
             elif name == "fc6":
