@@ -149,7 +149,10 @@ _override: list[str] = []
 
 def mode() -> str:
     """The JAXFACE_CONV mode in force (innermost `forced` first)."""
-    value = _override[-1] if _override else os.environ.get(ENV, "auto").strip().lower() or "auto"
+    return _checked(_override[-1] if _override else os.environ.get(ENV, "auto").strip().lower() or "auto")
+
+
+def _checked(value: str) -> str:
     if value not in MODES:
         raise ConvBackendError(f"{ENV}={value!r} is not a convolution backend; valid: {', '.join(MODES)}")
     return value
@@ -159,9 +162,7 @@ def mode() -> str:
 def forced(value: str):
     """Trace with JAXFACE_CONV=value inside the block. Clears JAX's caches on entry and exit, since
     the choice is made at trace time and cached traces would otherwise keep the other backend."""
-    if value not in MODES:
-        raise ConvBackendError(f"unknown convolution backend {value!r}; valid: {', '.join(MODES)}")
-    _override.append(value)
+    _override.append(_checked(value))
     jax.clear_caches()
     try:
         yield
@@ -199,7 +200,7 @@ def supports(x_shape, kernel_shape, strides, padding) -> bool:
     rejected no convolution we tried, but a rejected one runs on XLA rather than failing mid-run."""
     try:
         return all(_weights_block(_key(kind, x_shape, kernel_shape, strides, padding)) >= 0
-                   for kind in (_FORWARD, _BACKWARD_DATA))
+                   for kind in (_FORWARD, _FORWARD_BIAS_RELU, _BACKWARD_DATA))
     except (ConvBackendError, ValueError, TypeError):
         return False
 
@@ -270,11 +271,15 @@ def _result(shape, like) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, like.dtype, sharding=sharding.update(spec=P(*spec[:1])))
 
 
-def _forward(x, kernel, strides, padding):
-    key = _key(_FORWARD, x.shape, kernel.shape, strides, padding)
-    weights, block = _weights_for(_FORWARD, kernel, key)
+def _forward(x, kernel, strides, padding, bias=None):
+    """conv(x, kernel), or relu(conv(x, kernel) + bias) in the same oneDNN call when bias is given."""
+    kind = _FORWARD if bias is None else _FORWARD_BIAS_RELU
+    key = _key(kind, x.shape, kernel.shape, strides, padding)
+    weights, block = _weights_for(kind, kernel, key)
     out = _result((x.shape[0], *key[8:10], kernel.shape[3]), x)
-    return jax.ffi.ffi_call("JaxfaceConvForward", out)(x, weights, **_attrs(kernel.shape, strides, padding, block))
+    target, operands = ("JaxfaceConvForward", (x, weights)) if bias is None else (
+        "JaxfaceConvBiasReluForward", (x, weights, bias))
+    return jax.ffi.ffi_call(target, out)(*operands, **_attrs(kernel.shape, strides, padding, block))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -318,21 +323,13 @@ def _geometry(x, kernel, strides, padding):
     return strides, padding
 
 
-def _forward_bias_relu(x, kernel, bias, strides, padding):
-    key = _key(_FORWARD_BIAS_RELU, x.shape, kernel.shape, strides, padding)
-    weights, block = _weights_for(_FORWARD_BIAS_RELU, kernel, key)
-    out = _result((x.shape[0], *key[8:10], kernel.shape[3]), x)
-    return jax.ffi.ffi_call("JaxfaceConvBiasReluForward", out)(
-        x, weights, bias, **_attrs(kernel.shape, strides, padding, block))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv_bias_relu(x, kernel, bias, strides, padding):
-    return _forward_bias_relu(x, kernel, bias, strides, padding)
+    return _forward(x, kernel, strides, padding, bias)
 
 
 def _conv_bias_relu_fwd(x, kernel, bias, strides, padding):
-    y = _forward_bias_relu(x, kernel, bias, strides, padding)
+    y = _forward(x, kernel, strides, padding, bias)
     return y, (x, kernel, y)
 
 

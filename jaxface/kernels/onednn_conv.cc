@@ -153,13 +153,12 @@ ffi::Error Run(Kind kind, float* in, float* weights, float* out, float* bias, ff
     const bool reorder = plan->reorder && !packed;
     dnnl::memory given(packed ? plan->weights : plan->user_weights, Engine(), weights);
     dnnl::memory used = reorder ? dnnl::memory(plan->weights, Engine()) : given;
+    if (reorder && kind != kBackwardWeights) plan->weights_reorder.execute(stream, given, used);
     if (kind == kForward) {
-      if (reorder) plan->weights_reorder.execute(stream, given, used);
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
                                        {DNNL_ARG_WEIGHTS, used},
                                        {DNNL_ARG_DST, out_memory}});
     } else if (kind == kForwardBiasRelu) {
-      if (reorder) plan->weights_reorder.execute(stream, given, used);
       dnnl::memory bias_memory({{key[7]}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a},
                                Engine(), bias);
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
@@ -167,7 +166,6 @@ ffi::Error Run(Kind kind, float* in, float* weights, float* out, float* bias, ff
                                        {DNNL_ARG_BIAS, bias_memory},
                                        {DNNL_ARG_DST, out_memory}});
     } else if (kind == kBackwardData) {
-      if (reorder) plan->weights_reorder.execute(stream, given, used);
       plan->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, in_memory},
                                        {DNNL_ARG_WEIGHTS, used},
                                        {DNNL_ARG_DIFF_DST, out_memory}});
@@ -213,16 +211,11 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::AnyBuffer w,
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                            ffi::ResultBuffer<ffi::F32> dw, GEOMETRY_PARAMS) {
   return Run(kBackwardWeights, x.typed_data(), dw->typed_data(), dy.typed_data(), nullptr,
-             x.dimensions(),
-             dw->dimensions(), dy.dimensions(), GEOMETRY_ARGS);
+             x.dimensions(), dw->dimensions(), dy.dimensions(), GEOMETRY_ARGS);
 }
 
-#define CONV_BINDING(Second)                 \
-  ffi::Ffi::Bind()                           \
-      .Arg<ffi::Buffer<ffi::F32>>()          \
-      .Arg<Second>()                         \
-      .Ret<ffi::Buffer<ffi::F32>>()          \
-      .Attr<int64_t>("kernel_h")             \
+#define GEOMETRY_ATTRS                       \
+  Attr<int64_t>("kernel_h")                  \
       .Attr<int64_t>("kernel_w")             \
       .Attr<int64_t>("stride_h")             \
       .Attr<int64_t>("stride_w")             \
@@ -231,6 +224,13 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       .Attr<int64_t>("pad_left")             \
       .Attr<int64_t>("pad_right")            \
       .Attr<int64_t>("packed")
+
+#define CONV_BINDING(Second)                 \
+  ffi::Ffi::Bind()                           \
+      .Arg<ffi::Buffer<ffi::F32>>()          \
+      .Arg<Second>()                         \
+      .Ret<ffi::Buffer<ffi::F32>>()          \
+      .GEOMETRY_ATTRS
 
 // weights (KH,KW,I,O) -> the blocked layout BlockOf describes for the problem `key` (XLA's own
 // transposes into these 5-D layouts ran 4x slower).
@@ -299,15 +299,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBiasReluForward, ForwardBiasRelu,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kernel_h")
-                                  .Attr<int64_t>("kernel_w")
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right")
-                                  .Attr<int64_t>("packed"));
+                                  .GEOMETRY_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBackwardData, BackwardData,
                               CONV_BINDING(ffi::AnyBuffer));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBackwardWeights, BackwardWeights,
