@@ -361,7 +361,7 @@ def run(argv: list[str] | None = None):
                 parallel.apply_vgg_cpu_xla_flags()
             from jaxface.kernels import onednn
 
-            onednn.mode()  # a bad JAXFACE_CONV is one error before any work
+            onednn.mode(), onednn.winograd_mode()  # a bad JAXFACE_CONV/_WINOGRAD: one error, before any work
 
             # Before anything touches a device: a multi-process launch must initialise first.
             parallel.maybe_initialize_distributed(FLAGS["config"].value if "config" in FLAGS else None)

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from jaxface.invert import objectives, param, render, transforms
+from jaxface.kernels import onednn
 
 SIZE = 32
 
@@ -149,7 +150,14 @@ def test_loop_forms_agree(problem, reference):
         np.testing.assert_allclose(
             result.history[-1]["objective"], reference.history[-1]["objective"], rtol=1e-4
         )
-    assert render.resolve_loop("auto") == "unrolled"  # the test backend is the CPU
+    # The test backend is the CPU with 8 devices: XLA's convolution, so unrolled chunks.
+    assert render.resolve_loop("auto") == "unrolled"
+    if onednn.unavailable_reason() is None:
+        with onednn.forced("onednn"):  # one-device runs on oneDNN take the scan
+            assert render.resolve_loop("auto") == "scan"
+            assert render.resolve_loop("auto", jax.make_mesh((8,), ("data",))) == "unrolled"
+    with onednn.forced("xla"):
+        assert render.resolve_loop("auto") == "unrolled"
 
 
 def test_sharded_over_eight_devices_equals_one_device(problem, reference):

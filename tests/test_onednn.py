@@ -85,6 +85,68 @@ def test_fused_bias_relu_equals_xla_with_all_three_gradients():
 
 
 @needs_onednn
+@pytest.mark.parametrize("shape", [(2, 8, 8, 16, 24), (1, 7, 5, 8, 12), (3, 1, 1, 4, 4)])
+def test_winograd_values_and_all_gradients_equal_xla(shape):
+    # Even and odd sizes (the last tile row/column cropped), and a 1x1 image (padding only).
+    n, h, w, cin, cout = shape
+    x = jax.random.normal(jax.random.key(0), (n, h, w, cin))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.3
+    bias = jax.random.normal(jax.random.key(2), (cout,))
+    padding = ((1, 1), (1, 1))
+    weights = jnp.arange(cout, dtype=jnp.float32) - cout / 3
+
+    def plain(x, k, b):
+        return jnp.sum(onednn.conv2d(x, k, padding=padding) * weights)
+
+    def fused(x, k, b):
+        return jnp.sum(onednn.conv2d_bias_relu(x, k, b, padding=padding) * weights)
+
+    def xla_plain(x, k, b):
+        return jnp.sum(_xla_conv(x, k, (1, 1), padding) * weights)
+
+    def xla_fused(x, k, b):
+        return jnp.sum(jax.nn.relu(_xla_conv(x, k, (1, 1), padding) + b) * weights)
+
+    for ours, xla in ((plain, xla_plain), (fused, xla_fused)):
+        with onednn.forced(winograd="always"):
+            step = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2)))
+            assert "JaxfaceConvWinograd" in step.lower(x, kernel, bias).as_text()
+            value, grads = step(x, kernel, bias)
+        want, want_grads = jax.value_and_grad(xla, argnums=(0, 1, 2))(x, kernel, bias)
+        assert abs(float(value) - float(want)) <= 1e-5 * max(1.0, abs(float(want)))
+        for got, ref in zip(grads[:2], want_grads[:2]):
+            assert _relative(got, ref) < 1e-5
+        np.testing.assert_allclose(grads[2], want_grads[2], rtol=1e-5, atol=1e-4)
+    with onednn.forced(winograd="off"):
+        assert "JaxfaceConvWinograd" not in jax.jit(fused).lower(x, kernel, bias).as_text()
+
+
+def test_winograd_runs_where_it_measured_faster(monkeypatch):
+    monkeypatch.delenv(onednn.WINOGRAD_ENV, raising=False)
+    same = ((1, 1), ((1, 1), (1, 1)))
+    # VGG-16 at 64 px, batch 8: conv1_2 (64 -> 64) and the 4x4 layers of the 0.25-width model stay
+    # direct; conv2_1 onwards at full width, and 8x8 at 128 channels, take Winograd.
+    assert not onednn.uses_winograd((8, 64, 64, 64), (3, 3, 64, 64), *same)
+    assert onednn.uses_winograd((8, 32, 32, 64), (3, 3, 64, 128), *same)
+    assert onednn.uses_winograd((8, 4, 4, 512), (3, 3, 512, 512), *same)
+    assert onednn.uses_winograd((8, 8, 8, 128), (3, 3, 128, 128), *same)
+    assert not onednn.uses_winograd((8, 4, 4, 128), (3, 3, 128, 128), *same)
+    assert not onednn.uses_winograd((8, 8, 8, 512), (3, 3, 512, 512), (2, 2), ((1, 1), (1, 1)))
+    assert not onednn.uses_winograd((8, 8, 8, 512), (1, 1, 512, 512), (1, 1), ((0, 0), (0, 0)))
+    with onednn.forced(winograd="always"):
+        assert onednn.uses_winograd((1, 3, 3, 1), (3, 3, 1, 1), *same)
+        assert not onednn.uses_winograd((1, 3, 3, 1), (3, 3, 1, 1), (1, 1), ((0, 0), (0, 0)))
+    with onednn.forced(winograd="off"):
+        assert not onednn.uses_winograd((8, 4, 4, 512), (3, 3, 512, 512), *same)
+    monkeypatch.setenv(onednn.WINOGRAD_ENV, "fast")
+    with pytest.raises(onednn.ConvBackendError, match="JAXFACE_WINOGRAD='fast'.*valid: auto, always, off"):
+        onednn.winograd_mode()
+    with pytest.raises(onednn.ConvBackendError, match="JAXFACE_WINOGRAD='maybe'"):
+        with onednn.forced(winograd="maybe"):
+            pass
+
+
+@needs_onednn
 def test_vggface_activations_and_input_gradient_match_xla():
     model = VGGFace(head_sizes=(2, 3), width=0.125, input_size=32, rngs=nnx.Rngs(0))
     images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3)) * 255
@@ -128,7 +190,8 @@ def test_gradients_under_a_one_device_explicit_mesh_keep_their_sharding_types():
 
 
 @needs_onednn
-def test_inversion_loop_on_onednn_follows_the_xla_run():
+@pytest.mark.parametrize("winograd", ["off", "always"])
+def test_inversion_loop_on_onednn_follows_the_xla_run(winograd):
     weights = [jax.random.normal(k, (3, 3, cin, cout)) * np.sqrt(2.0 / (9 * cin))
                for k, (cin, cout) in zip(jax.random.split(jax.random.key(0), 2), [(3, 8), (8, 16)])]
 
@@ -150,7 +213,8 @@ def test_inversion_loop_on_onednn_follows_the_xla_run():
     targets = jax.jit(features(xla))(weights, images)
     settings = dict(key=jax.random.key(7), steps=6, size=16, lr=0.05, jitter=2, tv_weight=0.05, chunk=3,
                     loop="unrolled")
-    a = render.invert((features(ours), weights), targets, **settings)
+    with onednn.forced(winograd=winograd):
+        a = render.invert((features(ours), weights), targets, **settings)
     b = render.invert((features(xla), weights), targets, **settings)
     np.testing.assert_allclose(a.images, b.images, atol=1e-4)
     np.testing.assert_allclose(a.feature_error, b.feature_error, rtol=1e-3)

@@ -215,7 +215,7 @@ def bench_config(
     config: Config,
     *,
     loops: Sequence[str] = LOOP_FORMS,
-    chunk: int,
+    chunks: dict[str, int],
     scan_unroll: int = 1,
     repeats: int,
     peak_gflops: float,
@@ -225,21 +225,21 @@ def bench_config(
     layout: str = "NHWC",
     log=print,
 ) -> list[dict]:
-    """Records for one configuration, one per loop form."""
-    steps_budget = chunk * (repeats + 1)
+    """Records for one configuration, one per loop form, each run in chunks of chunks[loop] steps."""
+    steps_budget = max(chunks[loop] for loop in loops) * (repeats + 1)
     problem = build_problem(config, steps_budget=steps_budget, model=model, layout=layout)
     runners, states, compile_s = {}, {}, {}
     times, cpu_times = {loop: [] for loop in loops}, {loop: [] for loop in loops}
     for loop in loops:
-        runners[loop], compile_s[loop] = _runner(problem, loop, chunk, scan_unroll)
+        runners[loop], compile_s[loop] = _runner(problem, loop, chunks[loop], scan_unroll)
         states[loop] = jax.block_until_ready(runners[loop](_fresh_state(problem)))  # warm-up chunk
     load_before = load_average()
     for _ in range(repeats):
         for loop in loops:  # round-robin: load from other processes hits every form alike
             start, cpu_start = time.perf_counter(), time.process_time()
             states[loop] = jax.block_until_ready(runners[loop](states[loop]))
-            times[loop].append((time.perf_counter() - start) / chunk)
-            cpu_times[loop].append((time.process_time() - cpu_start) / chunk)
+            times[loop].append((time.perf_counter() - start) / chunks[loop])
+            cpu_times[loop].append((time.process_time() - cpu_start) / chunks[loop])
     step_s = {loop: statistics.median(t) for loop, t in times.items()}
     python_s = step_s.get("python")
     records = []
@@ -259,8 +259,8 @@ def bench_config(
             layer=config.layer,
             model=problem.model,
             convolution=problem.convolution,
-            steps=chunk * repeats,
-            chunk=chunk,
+            steps=chunks[loop] * repeats,
+            chunk=chunks[loop],
             step_ms=round(step_s[loop] * 1e3, 2),
             step_ms_min=round(min(times[loop]) * 1e3, 2),
             # CPU seconds of this process per step (all threads): less sensitive than wall time
@@ -319,8 +319,8 @@ def run(
     if bad_loops:
         raise BenchError(f"unknown loop form(s) {bad_loops}; valid: {', '.join(LOOP_FORMS)}")
     repeats = repeats or (2 if quick else 8)
-    # Every loop form runs the same steps; by default as many as the unrolled form compiles per chunk.
-    chunk = int(chunk or render_lib.DEFAULT_CHUNK["unrolled"])
+    # Each loop form in the chunks `generate` runs it in (render.DEFAULT_CHUNK), unless one is given.
+    chunks = {loop: int(chunk or render_lib.DEFAULT_CHUNK[loop]) for loop in loops}
     env = environment()
     peak, peak_per_cpu_s = measure_matmul_peak()
     log(f"float32 matmul peak: {peak:.1f} GFLOP/s, {peak_per_cpu_s:.1f} GFLOP per CPU-second  "
@@ -330,12 +330,13 @@ def run(
     records = []
     for name in names:
         records += bench_config(
-            CONFIGS[name], loops=loops, chunk=chunk, scan_unroll=scan_unroll, repeats=repeats,
+            CONFIGS[name], loops=loops, chunks=chunks, scan_unroll=scan_unroll, repeats=repeats,
             peak_gflops=peak, peak_gflops_per_cpu_s=peak_per_cpu_s, env=env, model=model, layout=layout,
             log=log,
         )
     if torch_python is not None:
-        reference = torch_reference(torch_python, names, chunk, repeats)
+        reference = torch_reference(torch_python, names, int(chunk or render_lib.DEFAULT_CHUNK["python"]),
+                                    repeats)
         for r in reference:
             r.update(backend="cpu", devices=1, model="torch-eager", speedup_vs_torch=1.0,
                      cpu_model=env["cpu_model"], cpu_count=env["cpu_count"])
@@ -425,8 +426,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="tiny config only, fewer repeats")
     parser.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--loops", default=",".join(LOOP_FORMS), help="comma-separated loop forms")
-    parser.add_argument("--chunk", type=int, default=None, help="steps per compiled chunk (default: the "
-                        "unrolled loop's default, jaxface.invert.render.DEFAULT_CHUNK)")
+    parser.add_argument("--chunk", type=int, default=None, help="steps per chunk for every loop form "
+                        "(default: each form's own, jaxface.invert.render.DEFAULT_CHUNK)")
     parser.add_argument("--scan-unroll", type=int, default=1, help="unroll= of the scan form")
     parser.add_argument("--repeats", type=int, help="timed chunks per loop form (median reported)")
     parser.add_argument("--model", default="auto", help="auto | vggface | builtin")

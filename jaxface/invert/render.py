@@ -265,13 +265,20 @@ evaluate = jax.jit(_evaluate, static_argnames=("spec",))
 
 
 def resolve_loop(loop: str, mesh: Any = None) -> str:
-    """The concrete loop form for `loop` ('auto': 'unrolled' on CPU, 'scan' elsewhere)."""
+    """The concrete loop form for `loop`. 'auto': 'scan', except 'unrolled' on a CPU whose
+    convolutions are XLA's: in a while loop those ran 3x slower per step than in an unrolled chunk
+    (jaxface bench --suite=inversion). The oneDNN convolutions run as fast in a scan, which also
+    computes the per-program weight transforms once per 50 steps instead of once per 4."""
     if loop not in LOOP_FORMS:
         raise RenderError(f"unknown loop form {loop!r}; valid: {', '.join(LOOP_FORMS)}")
     if loop != "auto":
         return loop
     platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    return "unrolled" if platform == "cpu" else "scan"
+    if platform != "cpu":
+        return "scan"
+    from jaxface.kernels import onednn
+
+    return "scan" if onednn.runs_here(1 if mesh is None else mesh.size) else "unrolled"
 
 
 def run_steps(

@@ -18,6 +18,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -284,6 +288,255 @@ ffi::Error PackWeights(ffi::Buffer<ffi::F32> weights, ffi::ResultBuffer<ffi::F32
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3) (Lavin & Gray, 2016): a 3x3, stride-1, pad-1 convolution computes each 2x2
+// block of outputs from a 4x4 tile d of the input as A^T [U * (B^T d B)] A, U = G g G^T the
+// transformed kernel. Summed over input channels the elementwise product becomes 16 matrix
+// products, one per tile position, with 2.25x fewer multiply-adds than the direct convolution:
+//
+//   tiles V[16][P][C] = B^T d B of every tile (P = N * ceil(H/2) * ceil(W/2) tiles)
+//   products M[16][P][O] = V[k] @ U[k] for the 16 positions k (one batched oneDNN matmul)
+//   y = A^T M A (+ bias, then ReLU), cropped to H x W
+//
+// The input gradient is the convolution of dy with the kernel rotated by 180 degrees and its
+// channels swapped. Rotating g rotates G g G^T by the permutation pi = (3 1 2 0) of rows and columns
+// (G with its columns reversed is G with rows 0 and 3 swapped), so it reuses the forward's U: tile
+// position k is stored at slot pi(k) and read back from there, and the product contracts U's
+// output-channel axis. U is computed once per program (WinogradKernel), not per call.
+constexpr int kPermuted[16] = {15, 13, 14, 12, 7, 5, 6, 4, 11, 9, 10, 8, 3, 1, 2, 0};
+constexpr int kIdentity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+// Floats between the matrices of consecutive tile positions in the tiles (P x C) and products
+// (P x O) buffers: padded by a cache line and a half, because at the usual sizes P * C is a multiple
+// of 4 KiB, which maps the 16 streams the transforms read or write together to the same cache sets.
+int64_t TilePositionStride(int64_t p, int64_t c) { return p * c + 24; }
+
+struct MatmulPlan {
+  dnnl::matmul primitive;
+  dnnl::memory::desc tiles, kernel, products;
+};
+
+// (16, P, C) @ (16, C, O), or with input_gradient (16, P, C) @ (16, O, C)^T.
+std::shared_ptr<MatmulPlan> GetMatmulPlan(int64_t p, int64_t c, int64_t o, bool input_gradient) {
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  static std::mutex mu;
+  static std::map<std::array<int64_t, 4>, std::shared_ptr<MatmulPlan>> cache;
+  const std::array<int64_t, 4> key = {p, c, o, input_gradient ? 1 : 0};
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto plan = std::make_shared<MatmulPlan>();
+  plan->tiles = dnnl::memory::desc({16, p, c}, dt::f32, {TilePositionStride(p, c), c, 1});
+  plan->kernel = dnnl::memory::desc({16, c, o}, dt::f32, input_gradient ? tag::acb : tag::abc);
+  plan->products = dnnl::memory::desc({16, p, o}, dt::f32, {TilePositionStride(p, o), o, 1});
+  plan->primitive = dnnl::matmul(
+      dnnl::matmul::primitive_desc(Engine(), plan->tiles, plan->kernel, plan->products));
+  cache.emplace(key, plan);
+  return plan;
+}
+
+// Where the tiles are: P = N * TH * TW tiles of 4x4 inputs (2x2 outputs), tile p at image p / (TH*TW),
+// tile row p / TW % TH, tile column p % TW.
+struct TileGrid {
+  int64_t n, h, w, th, tw;
+  int64_t count() const { return n * th * tw; }
+};
+
+// tiles[slot[k] * stride + c] = (B^T d B)[k] of tile p, d its 4x4 inputs (zero outside the image).
+// Pointers outside the image point at `zeros` (C zeros), so the channel loop has no branches and
+// vectorises.
+void InputTile(const TileGrid& g, int64_t p, const float* x, int64_t c, const float* zeros,
+               const int* slot, float* __restrict tiles, int64_t stride) {
+  const int64_t b = p / (g.th * g.tw), ty = p / g.tw % g.th, tx = p % g.tw;
+  const float* d[16];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t r = 2 * ty - 1 + i, s = 2 * tx - 1 + j;
+      const bool inside = r >= 0 && r < g.h && s >= 0 && s < g.w;
+      const int64_t offset = ((b * g.h + r) * g.w + s) * c;
+      d[4 * i + j] = inside ? x + offset : zeros;
+    }
+#pragma omp simd
+  for (int64_t k = 0; k < c; ++k) {
+    float v[16];
+    for (int e = 0; e < 16; ++e) v[e] = d[e][k];
+    float t[16];
+    for (int j = 0; j < 4; ++j) {  // B^T d: along rows
+      t[j] = v[j] - v[8 + j];
+      t[4 + j] = v[4 + j] + v[8 + j];
+      t[8 + j] = v[8 + j] - v[4 + j];
+      t[12 + j] = v[4 + j] - v[12 + j];
+    }
+    for (int a = 0; a < 4; ++a) {  // (B^T d) B: along columns
+      tiles[slot[4 * a] * stride + k] = t[4 * a] - t[4 * a + 2];
+      tiles[slot[4 * a + 1] * stride + k] = t[4 * a + 1] + t[4 * a + 2];
+      tiles[slot[4 * a + 2] * stride + k] = t[4 * a + 2] - t[4 * a + 1];
+      tiles[slot[4 * a + 3] * stride + k] = t[4 * a + 1] - t[4 * a + 3];
+    }
+  }
+}
+
+// The 2x2 outputs of tile p = A^T M A of its products M[k] = products[slot[k] * stride + o], + bias, then ReLU
+// when kRelu. Outputs outside the image (odd sizes) are written to `discard` (O floats).
+template <bool kRelu>
+void OutputTile(const TileGrid& g, int64_t p, const float* __restrict products, int64_t stride,
+                const int* slot, int64_t o, const float* __restrict bias, float* y, float* discard) {
+  const int64_t b = p / (g.th * g.tw), ty = p / g.tw % g.th, tx = p % g.tw;
+  float* out[4];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      const int64_t r = 2 * ty + i, s = 2 * tx + j;
+      out[2 * i + j] = r < g.h && s < g.w ? y + ((b * g.h + r) * g.w + s) * o : discard;
+    }
+  float* __restrict y00 = out[0];
+  float* __restrict y01 = out[1];
+  float* __restrict y10 = out[2];
+  float* __restrict y11 = out[3];
+#pragma omp simd
+  for (int64_t k = 0; k < o; ++k) {
+    float mv[16], r[8];
+    for (int e = 0; e < 16; ++e) mv[e] = products[slot[e] * stride + k];
+    for (int e = 0; e < 4; ++e) {  // A^T M: along rows
+      r[e] = mv[e] + mv[4 + e] + mv[8 + e];
+      r[4 + e] = mv[4 + e] - mv[8 + e] - mv[12 + e];
+    }
+    float v[4];
+    for (int i = 0; i < 2; ++i) {  // (A^T M) A: along columns
+      v[2 * i] = r[4 * i] + r[4 * i + 1] + r[4 * i + 2] + bias[k];
+      v[2 * i + 1] = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3] + bias[k];
+    }
+    if (kRelu)
+      for (int e = 0; e < 4; ++e) v[e] = std::max(v[e], 0.0f);
+    y00[k] = v[0];
+    y01[k] = v[1];
+    y10[k] = v[2];
+    y11[k] = v[3];
+  }
+}
+
+// kernel (3, 3, C, O) -> U (16, C, O), U[4a+b] = (G g G^T)[a][b] for every channel pair. One thread, a loop over the contiguous C*O axis: XLA runs the
+// independent transforms of a program side by side on its threads, where OpenMP teams (and XLA's
+// own dot) oversubscribed the cores and ran 5-10x slower.
+ffi::Error WinogradKernel(ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> transformed) {
+  const auto kd = kernel.dimensions(), td = transformed->dimensions();
+  if (kd.size() != 4 || kd[0] != 3 || kd[1] != 3 || td.size() != 3 || td[0] != 16 ||
+      td[1] != kd[2] || td[2] != kd[3])
+    return ffi::Error::InvalidArgument("jaxface Winograd conv: kernel (3, 3, C, O) -> (16, C, O)");
+  const int64_t size = kd[2] * kd[3];
+  const float* __restrict in = kernel.typed_data();
+  float* __restrict out = transformed->typed_data();
+  // Blocks of kSpan elements: the 25 streams lie exactly C*O floats apart, so element-at-a-time
+  // access maps them all to the same cache sets.
+  constexpr int64_t kSpan = 256;
+  for (int64_t e0 = 0; e0 < size; e0 += kSpan) {
+    const int64_t span = std::min(kSpan, size - e0);
+    float g[9][kSpan], t[12][kSpan];
+    for (int tap = 0; tap < 9; ++tap) {
+      const float* __restrict src = in + tap * size + e0;
+      for (int64_t e = 0; e < span; ++e) g[tap][e] = src[e];
+    }
+    for (int j = 0; j < 3; ++j)  // G g: along rows
+#pragma omp simd
+      for (int64_t e = 0; e < kSpan; ++e) {
+        t[j][e] = g[j][e];
+        t[3 + j][e] = 0.5f * (g[j][e] + g[3 + j][e] + g[6 + j][e]);
+        t[6 + j][e] = 0.5f * (g[j][e] - g[3 + j][e] + g[6 + j][e]);
+        t[9 + j][e] = g[6 + j][e];
+      }
+    for (int a = 0; a < 4; ++a) {  // (G g) G^T: along columns
+      float* __restrict dst = out + 4 * a * size + e0;
+      const float* t0 = t[3 * a];
+      const float* t1 = t[3 * a + 1];
+      const float* t2 = t[3 * a + 2];
+      for (int64_t e = 0; e < span; ++e) {
+        dst[e] = t0[e];
+        dst[size + e] = 0.5f * (t0[e] + t1[e] + t2[e]);
+        dst[2 * size + e] = 0.5f * (t0[e] - t1[e] + t2[e]);
+        dst[3 * size + e] = t2[e];
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// y = conv(x) with x: N,H,W,C, kernel U: (16, C, O), bias: (O,) or empty, y: N,H,W,O; or, with
+// input_gradient, y = the input gradient N,H,W,C' of a convolution whose U is (16, C', C), given its
+// output gradient x (N,H,W,C), only where mask > 0 when a mask (shaped like x) is given.
+ffi::Error Winograd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mask, ffi::Buffer<ffi::F32> kernel,
+                    ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, bool relu,
+                    bool input_gradient) {
+  const auto xd = x.dimensions(), kd = kernel.dimensions(), yd = y->dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || kd.size() != 3 || kd[0] != 16 || xd[0] != yd[0] ||
+      xd[1] != yd[1] || xd[2] != yd[2])
+    return ffi::Error::InvalidArgument("jaxface Winograd conv: x N,H,W,C -> y N,H,W,O with a (16, C, O) kernel");
+  const int64_t c = xd[3], o = yd[3];
+  if (kd[input_gradient ? 2 : 1] != c || kd[input_gradient ? 1 : 2] != o)
+    return ffi::Error::InvalidArgument("jaxface Winograd conv: kernel channels do not match x and y");
+  const bool masked = mask.element_count() != 0, biased = bias.element_count() != 0;
+  if ((masked && mask.element_count() != x.element_count()) || (biased && bias.element_count() != o))
+    return ffi::Error::InvalidArgument("jaxface Winograd conv: mask must be shaped like x, bias (O,)");
+  const TileGrid grid = {xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
+  const int64_t p = grid.count();
+  const float* in = x.typed_data();
+  const float* keep = masked ? mask.typed_data() : nullptr;
+  const float* shift = biased ? bias.typed_data() : nullptr;
+  float* out = y->typed_data();
+  // Scratch per calling thread, reused across calls (XLA may run two convolutions side by side).
+  // Only its pointers enter the parallel regions: there each thread would see its own instance.
+  thread_local std::vector<float> tiles_buffer, products_buffer, zeros_buffer, discard_buffer,
+      masked_buffer;
+  try {
+    const auto plan = GetMatmulPlan(p, c, o, input_gradient);
+    const int* slot = input_gradient ? kPermuted : kIdentity;
+    const int64_t tiles_stride = TilePositionStride(p, c), products_stride = TilePositionStride(p, o);
+    tiles_buffer.resize(16 * tiles_stride);
+    products_buffer.resize(16 * products_stride);
+    zeros_buffer.assign(std::max(c, o), 0.0f);
+    discard_buffer.resize(o);
+    float* tiles = tiles_buffer.data();
+    float* products = products_buffer.data();
+    const float* zeros = zeros_buffer.data();
+    float* discard = discard_buffer.data();
+    if (shift == nullptr) shift = zeros;
+    auto t0 = std::chrono::steady_clock::now();
+    if (keep != nullptr) {  // once, rather than at each of the 4 tiles that read a pixel
+      const int64_t size = x.element_count();
+      masked_buffer.resize(size);
+      float* __restrict masked_in = masked_buffer.data();
+#pragma omp parallel for simd schedule(static)
+      for (int64_t i = 0; i < size; ++i) masked_in[i] = keep[i] > 0.0f ? in[i] : 0.0f;
+      in = masked_in;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < p; ++t) InputTile(grid, t, in, c, zeros, slot, tiles + t * c, tiles_stride);
+    auto t1 = std::chrono::steady_clock::now();
+    dnnl::stream stream(Engine());
+    dnnl::memory tiles_memory(plan->tiles, Engine(), tiles);
+    dnnl::memory kernel_memory(plan->kernel, Engine(), kernel.typed_data());
+    dnnl::memory products_memory(plan->products, Engine(), products);
+    plan->primitive.execute(stream, {{DNNL_ARG_SRC, tiles_memory},
+                                     {DNNL_ARG_WEIGHTS, kernel_memory},
+                                     {DNNL_ARG_DST, products_memory}});
+    stream.wait();
+    auto t2 = std::chrono::steady_clock::now();
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < p; ++t) {
+      if (relu)
+        OutputTile<true>(grid, t, products + t * o, products_stride, slot, o, shift, out, discard);
+      else
+        OutputTile<false>(grid, t, products + t * o, products_stride, slot, o, shift, out, discard);
+    }
+    auto t3 = std::chrono::steady_clock::now();
+    if (getenv("WG_TRACE")) fprintf(stderr, "wino p=%ld c=%ld o=%ld m=%d in %.2f mm %.2f out %.2f\n", p, c, o, (int)masked,
+      std::chrono::duration<double, std::milli>(t1 - t0).count(), std::chrono::duration<double, std::milli>(t2 - t1).count(),
+      std::chrono::duration<double, std::milli>(t3 - t2).count());
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("jaxface Winograd conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvPackWeights, PackWeights,
@@ -304,6 +557,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBackwardData, BackwardData,
                               CONV_BINDING(ffi::AnyBuffer));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvBackwardWeights, BackwardWeights,
                               CONV_BINDING(ffi::Buffer<ffi::F32>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvWinogradKernel, WinogradKernel,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxfaceConvWinograd, Winograd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("relu")
+                                  .Attr<bool>("input_gradient"));
 
 // The packed block size for a problem (Key order above), for callers that pack weights once:
 // 0 when its layout is not one BlockOf describes (pass plain weights), -1 when oneDNN rejects it.
