@@ -121,6 +121,21 @@ def test_winograd_values_and_all_gradients_equal_xla(shape):
         assert "JaxfaceConvWinograd" not in jax.jit(fused).lower(x, kernel, bias).as_text()
 
 
+@needs_onednn
+def test_winograd_of_many_tiles_runs_in_slabs_with_the_same_result():
+    # 1024 -> 1024 channels: slabs of 512 tiles (64 MiB of scratch); 2 x 32 x 33 pixels are 544 tiles.
+    x = jax.random.normal(jax.random.key(0), (2, 32, 33, 1024))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 1024, 1024)) * 0.01
+    cotangent = jax.random.normal(jax.random.key(2), (2, 32, 33, 1024))
+    padding = ((1, 1), (1, 1))
+    with onednn.forced(winograd="auto"):
+        assert onednn.uses_winograd(x.shape, kernel.shape, (1, 1), padding)
+        y, dx = jax.jit(lambda x, k, g: (lambda out: (out[0], out[1](g)[0]))(
+            jax.vjp(lambda x: onednn.conv2d(x, k, padding=padding), x)))(x, kernel, cotangent)
+    y_ref, vjp = jax.vjp(lambda x: _xla_conv(x, kernel, (1, 1), padding), x)
+    assert _relative(y, y_ref) < 1e-5 and _relative(dx, vjp(cotangent)[0]) < 1e-5
+
+
 def test_winograd_runs_where_it_measured_faster(monkeypatch):
     monkeypatch.delenv(onednn.WINOGRAD_ENV, raising=False)
     same = ((1, 1), ((1, 1), (1, 1)))

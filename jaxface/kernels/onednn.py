@@ -16,7 +16,7 @@ partitioned there and, under explicit sharding, gave wrong results.
 
 On oneDNN, 3x3 stride-1 pad-1 convolutions with enough channels and work (VGG's conv2_1 onwards at
 full width) run the Winograd F(2x2, 3x3) algorithm (onednn_conv.cc): 2.25x fewer multiply-adds, the
-same result to float32 rounding (relative differences about 1e-6), 1.2-1.8x faster per layer on two
+same result to float32 rounding (relative differences about 1e-6), 1.1-1.8x faster per layer on two
 cores. JAXFACE_WINOGRAD chooses: auto (default: where it measured faster, see uses_winograd),
 always (every such convolution, for tests) or off (oneDNN's direct convolution only).
 
@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
-
 
 ENV = "JAXFACE_CONV"
 MODES = ("auto", "xla", "onednn")

@@ -1,5 +1,7 @@
 // oneDNN 2-D convolutions as XLA FFI handlers: forward (plain, or with bias and ReLU applied by the
-// kernel), backward data, backward weights, and the packing of weights into oneDNN's layouts.
+// kernel), backward data, backward weights, and the packing of weights into oneDNN's layouts; and
+// the Winograd F(2x2, 3x3) convolution (forward and input gradient) on oneDNN matrix products, with
+// its kernel transform.
 //
 // XLA:CPU's own convolution is an Eigen contraction; oneDNN's brgemm kernels (what PyTorch calls on
 // x86) run VGG's 3x3 layers 1.1-1.3x faster on the same cores. jaxface/kernels/onednn.py builds
@@ -19,9 +21,6 @@
 #include <mutex>
 #include <string>
 #include <vector>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -311,6 +310,13 @@ constexpr int kIdentity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
 // of 4 KiB, which maps the 16 streams the transforms read or write together to the same cache sets.
 int64_t TilePositionStride(int64_t p, int64_t c) { return p * c + 24; }
 
+// Tiles per slab: a layer's tiles are transformed, multiplied and transformed back in slabs of at
+// most this many, so that the scratch (16 x slab x (C + O) floats) stays within 64 MiB however
+// large the batch. VGG's layers at 64-112 px and batch 4-8 fit in one slab.
+int64_t SlabTiles(int64_t c, int64_t o) {
+  return std::max<int64_t>(256, (int64_t{64} << 20) / (16 * 4 * (c + o)));
+}
+
 struct MatmulPlan {
   dnnl::matmul primitive;
   dnnl::memory::desc tiles, kernel, products;
@@ -477,7 +483,7 @@ ffi::Error Winograd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mask, ffi::Bu
   if ((masked && mask.element_count() != x.element_count()) || (biased && bias.element_count() != o))
     return ffi::Error::InvalidArgument("jaxface Winograd conv: mask must be shaped like x, bias (O,)");
   const TileGrid grid = {xd[0], xd[1], xd[2], (xd[1] + 1) / 2, (xd[2] + 1) / 2};
-  const int64_t p = grid.count();
+  const int64_t p = grid.count(), slab = std::min(p, SlabTiles(c, o));
   const float* in = x.typed_data();
   const float* keep = masked ? mask.typed_data() : nullptr;
   const float* shift = biased ? bias.typed_data() : nullptr;
@@ -487,9 +493,8 @@ ffi::Error Winograd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mask, ffi::Bu
   thread_local std::vector<float> tiles_buffer, products_buffer, zeros_buffer, discard_buffer,
       masked_buffer;
   try {
-    const auto plan = GetMatmulPlan(p, c, o, input_gradient);
     const int* slot = input_gradient ? kPermuted : kIdentity;
-    const int64_t tiles_stride = TilePositionStride(p, c), products_stride = TilePositionStride(p, o);
+    const int64_t tiles_stride = TilePositionStride(slab, c), products_stride = TilePositionStride(slab, o);
     tiles_buffer.resize(16 * tiles_stride);
     products_buffer.resize(16 * products_stride);
     zeros_buffer.assign(std::max(c, o), 0.0f);
@@ -499,7 +504,6 @@ ffi::Error Winograd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mask, ffi::Bu
     const float* zeros = zeros_buffer.data();
     float* discard = discard_buffer.data();
     if (shift == nullptr) shift = zeros;
-    auto t0 = std::chrono::steady_clock::now();
     if (keep != nullptr) {  // once, rather than at each of the 4 tiles that read a pixel
       const int64_t size = x.element_count();
       masked_buffer.resize(size);
@@ -508,29 +512,30 @@ ffi::Error Winograd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mask, ffi::Bu
       for (int64_t i = 0; i < size; ++i) masked_in[i] = keep[i] > 0.0f ? in[i] : 0.0f;
       in = masked_in;
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < p; ++t) InputTile(grid, t, in, c, zeros, slot, tiles + t * c, tiles_stride);
-    auto t1 = std::chrono::steady_clock::now();
     dnnl::stream stream(Engine());
-    dnnl::memory tiles_memory(plan->tiles, Engine(), tiles);
-    dnnl::memory kernel_memory(plan->kernel, Engine(), kernel.typed_data());
-    dnnl::memory products_memory(plan->products, Engine(), products);
-    plan->primitive.execute(stream, {{DNNL_ARG_SRC, tiles_memory},
-                                     {DNNL_ARG_WEIGHTS, kernel_memory},
-                                     {DNNL_ARG_DST, products_memory}});
-    stream.wait();
-    auto t2 = std::chrono::steady_clock::now();
+    dnnl::memory kernel_memory(GetMatmulPlan(slab, c, o, input_gradient)->kernel, Engine(),
+                               kernel.typed_data());
+    for (int64_t first = 0; first < p; first += slab) {
+      const int64_t count = std::min(slab, p - first);
+      const auto plan = GetMatmulPlan(count, c, o, input_gradient);
+      const int64_t tiles_step = TilePositionStride(count, c), products_step = TilePositionStride(count, o);
 #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < p; ++t) {
-      if (relu)
-        OutputTile<true>(grid, t, products + t * o, products_stride, slot, o, shift, out, discard);
-      else
-        OutputTile<false>(grid, t, products + t * o, products_stride, slot, o, shift, out, discard);
+      for (int64_t t = 0; t < count; ++t)
+        InputTile(grid, first + t, in, c, zeros, slot, tiles + t * c, tiles_step);
+      dnnl::memory tiles_memory(plan->tiles, Engine(), tiles);
+      dnnl::memory products_memory(plan->products, Engine(), products);
+      plan->primitive.execute(stream, {{DNNL_ARG_SRC, tiles_memory},
+                                       {DNNL_ARG_WEIGHTS, kernel_memory},
+                                       {DNNL_ARG_DST, products_memory}});
+      stream.wait();
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < count; ++t) {
+        if (relu)
+          OutputTile<true>(grid, first + t, products + t * o, products_step, slot, o, shift, out, discard);
+        else
+          OutputTile<false>(grid, first + t, products + t * o, products_step, slot, o, shift, out, discard);
+      }
     }
-    auto t3 = std::chrono::steady_clock::now();
-    if (getenv("WG_TRACE")) fprintf(stderr, "wino p=%ld c=%ld o=%ld m=%d in %.2f mm %.2f out %.2f\n", p, c, o, (int)masked,
-      std::chrono::duration<double, std::milli>(t1 - t0).count(), std::chrono::duration<double, std::milli>(t2 - t1).count(),
-      std::chrono::duration<double, std::milli>(t3 - t2).count());
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("jaxface Winograd conv: ") + e.what());
   }
