@@ -383,8 +383,8 @@ void InputTile(const TileGrid& g, int64_t p, const float* x, int64_t c, const fl
   }
 }
 
-// The 2x2 outputs of tile p = A^T M A of its products M[k] = products[slot[k] * stride + o], + bias, then ReLU
-// when kRelu. Outputs outside the image (odd sizes) are written to `discard` (O floats).
+// The 2x2 outputs of tile p: A^T M A of its products M[k] = products[slot[k] * stride + o], plus
+// bias, then ReLU when kRelu. Outputs outside the image (odd sizes) go to `discard` (O floats).
 template <bool kRelu>
 void OutputTile(const TileGrid& g, int64_t p, const float* __restrict products, int64_t stride,
                 const int* slot, int64_t o, const float* __restrict bias, float* y, float* discard) {
@@ -421,9 +421,9 @@ void OutputTile(const TileGrid& g, int64_t p, const float* __restrict products, 
   }
 }
 
-// kernel (3, 3, C, O) -> U (16, C, O), U[4a+b] = (G g G^T)[a][b] for every channel pair. One thread, a loop over the contiguous C*O axis: XLA runs the
-// independent transforms of a program side by side on its threads, where OpenMP teams (and XLA's
-// own dot) oversubscribed the cores and ran 5-10x slower.
+// kernel (3, 3, C, O) -> U (16, C, O), U[4a+b] = (G g G^T)[a][b] for every channel pair. One
+// thread: XLA runs the independent transforms of a program side by side on its threads, where
+// OpenMP teams (and XLA's own dot) oversubscribed the cores and ran 5-10x slower.
 ffi::Error WinogradKernel(ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> transformed) {
   const auto kd = kernel.dimensions(), td = transformed->dimensions();
   if (kd.size() != 4 || kd[0] != 3 || kd[1] != 3 || td.size() != 3 || td[0] != 16 ||
@@ -444,7 +444,7 @@ ffi::Error WinogradKernel(ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F
     }
     for (int j = 0; j < 3; ++j)  // G g: along rows
 #pragma omp simd
-      for (int64_t e = 0; e < kSpan; ++e) {
+      for (int64_t e = 0; e < span; ++e) {
         t[j][e] = g[j][e];
         t[3 + j][e] = 0.5f * (g[j][e] + g[3 + j][e] + g[6 + j][e]);
         t[6 + j][e] = 0.5f * (g[j][e] - g[3 + j][e] + g[6 + j][e]);
