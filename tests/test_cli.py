@@ -64,6 +64,11 @@ def test_user_errors_are_one_clear_line(tmp_path):
                           capture_output=True, text=True, timeout=300, env={**os.environ, "JAXFACE_CONV": "mkl"})
     assert conv.returncode == 2 and "Traceback" not in conv.stderr
     assert "error: JAXFACE_CONV='mkl' is not a valid setting; valid: auto, xla, onednn" in conv.stderr
+    winograd = subprocess.run([sys.executable, "-m", "jaxface", "data", f"--workdir={fresh}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "JAXFACE_WINOGRAD": "fast"})
+    assert winograd.returncode == 2 and "Traceback" not in winograd.stderr
+    assert "error: JAXFACE_WINOGRAD='fast' is not a valid setting; valid: auto, always, off" in winograd.stderr
     assert not fresh.exists()
 
 
