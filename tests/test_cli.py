@@ -60,16 +60,13 @@ def test_user_errors_are_one_clear_line(tmp_path):
     assert torch.returncode == 2 and "is not an executable Python interpreter" in torch.stderr
     assert "Traceback" not in suite.stderr + torch.stderr
     fresh = tmp_path / "conv"
-    conv = subprocess.run([sys.executable, "-m", "jaxface", "data", f"--workdir={fresh}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "JAXFACE_CONV": "mkl"})
-    assert conv.returncode == 2 and "Traceback" not in conv.stderr
-    assert "error: JAXFACE_CONV='mkl' is not a valid setting; valid: auto, xla, onednn" in conv.stderr
-    winograd = subprocess.run([sys.executable, "-m", "jaxface", "data", f"--workdir={fresh}"], cwd=REPO,
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "JAXFACE_WINOGRAD": "fast"})
-    assert winograd.returncode == 2 and "Traceback" not in winograd.stderr
-    assert "error: JAXFACE_WINOGRAD='fast' is not a valid setting; valid: auto, always, off" in winograd.stderr
-    assert not fresh.exists()
+    for variable, value, valid in (("JAXFACE_CONV", "mkl", "auto, xla, onednn"),
+                                   ("JAXFACE_WINOGRAD", "fast", "auto, always, off")):
+        bad = subprocess.run([sys.executable, "-m", "jaxface", "data", f"--workdir={fresh}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, variable: value})
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        assert f"error: {variable}='{value}' is not a valid setting; valid: {valid}" in bad.stderr
+        assert not fresh.exists()
 
 
 def test_vgg_commands_add_their_cpu_xla_flag_once_and_users_win():

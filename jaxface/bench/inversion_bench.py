@@ -1,17 +1,17 @@
 """Benchmark of the compiled feature-inversion loop on VGG-16 (VGG-Face topology) up to conv5_3.
 
 For every configuration and loop form ('python': a jitted single step called from a Python loop,
-'unrolled': one jit per chunk of k unrolled steps, 'scan': one jit per chunk with lax.scan; each in
-the chunks `generate` uses, render.DEFAULT_CHUNK, unless --chunk says) it measures image-steps per
-second of the real inversion step (jitter, blur projection, TV, Adam), the achieved GFLOP/s (XLA's
-cost analysis of one compiled step, with XLA's direct convolution: layers that run the Winograd
-algorithm do fewer multiply-adds than counted, so their rate can pass the matmul peak) against this
-machine's float32 matmul GFLOP/s (measured first, in the same run), compile time, and the speed-up over
-the Python loop measured in the same run. Loop forms are timed round-robin, so that load from other processes hits them alike; every
-number is a median over repeats after a warm-up chunk. On a shared machine wall-clock numbers swing
-with the load (recorded as `load_average`); the CPU-second figures (`cpu_ms_per_step`,
-`image_steps_per_cpu_s`, `gflops_per_cpu_s`, `cpu_fraction_of_peak` against the matmul's GFLOP per
-CPU-second) are much steadier and show the efficiency of the code itself.
+'unrolled': one jit per chunk of k unrolled steps, 'scan': one jit per chunk with lax.scan; each in the
+chunks `generate` uses, render.DEFAULT_CHUNK, unless --chunk says) it measures image-steps per second
+of the real inversion step (jitter, blur projection, TV, Adam), the achieved GFLOP/s (XLA's cost
+analysis of one compiled step, with XLA's direct convolution: layers that run the Winograd algorithm do
+fewer multiply-adds than counted, so their rate can pass the matmul peak) against this machine's
+float32 matmul GFLOP/s (measured first, in the same run), compile time, and the speed-up over the
+Python loop measured in the same run. Loop forms are timed round-robin, so that load from other
+processes hits them alike; every number is a median over repeats after a warm-up chunk. On a shared
+machine wall-clock numbers swing with the load (recorded as `load_average`); the CPU-second figures
+(`cpu_ms_per_step`, `image_steps_per_cpu_s`, `gflops_per_cpu_s`, `cpu_fraction_of_peak` against the
+matmul's GFLOP per CPU-second) are much steadier and show the efficiency of the code itself.
 
     python -m jaxface.bench.inversion_bench --out=inversion.json            # tiny, full64, full112
     python -m jaxface.bench.inversion_bench --out=quick.json --quick        # tiny only, short

@@ -196,24 +196,26 @@ def forced(value: str | None = None, *, winograd: str | None = None):
         jax.clear_caches()
 
 
-def _partitioned() -> bool:
-    """Tracing under a mesh of several devices? There the FFI call, which has no partitioning rule, is
-    not split by batch, and under explicit sharding it computed wrong results: XLA's convolution runs."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return not mesh.empty and mesh.size > 1
+def _chosen(mesh_devices: int) -> bool:
+    """Does JAXFACE_CONV put a float32 2-D convolution traced now, under a mesh of `mesh_devices`
+    devices, on oneDNN (if it is built)? Never under a mesh of several devices: the FFI call, which has
+    no partitioning rule, is not split by batch there, and under explicit sharding it computed wrong
+    results."""
+    chosen = mode()
+    if chosen == "xla" or jax.default_backend() != "cpu" or mesh_devices > 1:
+        return False
+    return not (chosen == "auto" and jax.device_count() > 1)
 
 
 def applies(inputs, kernel, *, feature_group_count: int = 1, dilated: bool = False) -> bool:
     """Should this convolution (NHWC inputs, HWIO kernel) run on oneDNN? Raises when JAXFACE_CONV=onednn
     and the extension is unavailable."""
-    chosen = mode()
-    if chosen == "xla" or jax.default_backend() != "cpu" or _partitioned():
-        return False
-    if chosen == "auto" and jax.device_count() > 1:
+    mesh = jax.sharding.get_abstract_mesh()
+    if not _chosen(1 if mesh.empty else mesh.size):
         return False
     reason = unavailable_reason()
     if reason is not None:
-        if chosen == "onednn":
+        if mode() == "onednn":
             raise ConvBackendError(f"{ENV}=onednn but {reason}")
         return False
     return (getattr(inputs, "ndim", 0) == 4 and getattr(kernel, "ndim", 0) == 4 and inputs.dtype == jnp.float32
@@ -221,12 +223,9 @@ def applies(inputs, kernel, *, feature_group_count: int = 1, dilated: bool = Fal
 
 
 def runs_here(mesh_devices: int = 1) -> bool:
-    """Would a float32 2-D convolution traced now, on the CPU under a mesh of `mesh_devices` devices,
-    run on oneDNN (subject to the per-problem checks of applies and supports)?"""
-    chosen = mode()
-    if chosen == "xla" or mesh_devices > 1 or (chosen == "auto" and jax.device_count() > 1):
-        return False
-    return unavailable_reason() is None
+    """Would a float32 2-D convolution traced now, under a mesh of `mesh_devices` devices, run on
+    oneDNN (subject to the per-problem checks of applies and supports)?"""
+    return _chosen(mesh_devices) and unavailable_reason() is None
 
 
 def supports(x_shape, kernel_shape, strides, padding) -> bool:
@@ -304,7 +303,7 @@ def _attrs(k_shape, strides, padding, block: int) -> dict:
 def _result(shape, like) -> jax.ShapeDtypeStruct:
     """An FFI result of `shape` typed like `like` (same dtype; under explicit sharding the same
     sharding, which custom_vjp checks: batch-sharded activations, replicated kernels). Only used
-    where nothing is partitioned (see _partitioned), so the sharding is a type, not a split."""
+    where nothing is partitioned (see _chosen), so the sharding is a type, not a split."""
     sharding = getattr(jax.typeof(like), "sharding", None)
     spec = getattr(sharding, "spec", None)
     if spec is None or getattr(sharding.mesh, "empty", True):

@@ -102,17 +102,21 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
   return plan;
 }
 
-// Primitives are immutable and thread-safe to execute, so one per problem serves every caller.
-std::shared_ptr<Plan> GetPlan(const Key& k) {
+// Primitives are immutable and thread-safe to execute, so one per problem serves every caller:
+// make(key) runs once per key, for each of the caches (one per PlanT).
+template <typename PlanT, typename KeyT>
+std::shared_ptr<PlanT> Cached(const KeyT& key, std::shared_ptr<PlanT> (*make)(const KeyT&)) {
   static std::mutex mu;
-  static std::map<Key, std::shared_ptr<Plan>> cache;
+  static std::map<KeyT, std::shared_ptr<PlanT>> cache;
   std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(k);
+  auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  auto plan = MakePlan(k);
-  cache.emplace(k, plan);
+  auto plan = make(key);
+  cache.emplace(key, plan);
   return plan;
 }
+
+std::shared_ptr<Plan> GetPlan(const Key& k) { return Cached(k, MakePlan); }
 
 // The block size B when the primitive's weights are a layout a caller builds with pad + transpose:
 // forward Acdb{B}a = [O/B][KH][KW][I][B], backward data Bcda{B}b = [I/B][KH][KW][O][B]; else 0.
@@ -322,24 +326,26 @@ struct MatmulPlan {
   dnnl::memory::desc tiles, kernel, products;
 };
 
-// (16, P, C) @ (16, C, O), or with input_gradient (16, P, C) @ (16, O, C)^T.
-std::shared_ptr<MatmulPlan> GetMatmulPlan(int64_t p, int64_t c, int64_t o, bool input_gradient) {
+// key = {P, C, O, input_gradient}: (16, P, C) @ (16, C, O), or with input_gradient
+// (16, P, C) @ (16, O, C)^T.
+using MatmulKey = std::array<int64_t, 4>;
+
+std::shared_ptr<MatmulPlan> MakeMatmulPlan(const MatmulKey& key) {
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
-  static std::mutex mu;
-  static std::map<std::array<int64_t, 4>, std::shared_ptr<MatmulPlan>> cache;
-  const std::array<int64_t, 4> key = {p, c, o, input_gradient ? 1 : 0};
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
+  const int64_t p = key[0], c = key[1], o = key[2];
+  const bool input_gradient = key[3] != 0;
   auto plan = std::make_shared<MatmulPlan>();
   plan->tiles = dnnl::memory::desc({16, p, c}, dt::f32, {TilePositionStride(p, c), c, 1});
   plan->kernel = dnnl::memory::desc({16, c, o}, dt::f32, input_gradient ? tag::acb : tag::abc);
   plan->products = dnnl::memory::desc({16, p, o}, dt::f32, {TilePositionStride(p, o), o, 1});
   plan->primitive = dnnl::matmul(
       dnnl::matmul::primitive_desc(Engine(), plan->tiles, plan->kernel, plan->products));
-  cache.emplace(key, plan);
   return plan;
+}
+
+std::shared_ptr<MatmulPlan> GetMatmulPlan(int64_t p, int64_t c, int64_t o, bool input_gradient) {
+  return Cached(MatmulKey{p, c, o, input_gradient ? 1 : 0}, MakeMatmulPlan);
 }
 
 // Where the tiles are: P = N * TH * TW tiles of 4x4 inputs (2x2 outputs), tile p at image p / (TH*TW),
