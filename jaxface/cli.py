@@ -100,17 +100,16 @@ def cmd_train(argv):
 
 def cmd_evaluate(argv):
     """Evaluate the latest checkpoint in WORKDIR on the test split (or another folder); writes WORKDIR/eval/."""
+    from jaxface.evaluate import detection, evaluators
     from jaxface.train import trainer
 
     config = _config()
     workdir = pathlib.Path(FLAGS.workdir)
     if FLAGS.data_root:
-        from jaxface.evaluate import detection
-
         out_dir = workdir / "eval" / ("cross_" + pathlib.Path(FLAGS.data_root).resolve().name)
-        result = detection.evaluate_on_folder(workdir, FLAGS.data_root, out_dir)
+        result = detection.evaluate_on_folder(trainer.load_for_inference(workdir), FLAGS.data_root, out_dir)
     else:
-        result = trainer.evaluate_command(config, workdir, split=FLAGS.split)
+        result = evaluators.evaluate_split(trainer.load_for_inference(workdir, config), FLAGS.split)
     print(result["text"])
     _print_outputs(result["outputs"])
 
@@ -191,12 +190,13 @@ def cmd_predict(argv):
     import json
 
     from jaxface.evaluate import predict
+    from jaxface.train import trainer
 
     paths = argv[1:]
     if not paths:
         raise UsageError("usage: jaxface predict --workdir=W PATH [PATH ...] [--output=FILE.csv]")
-    result = predict.predict_command(pathlib.Path(FLAGS.workdir), paths, output_csv=FLAGS.output,
-                                     batch_size=FLAGS.batch_size)
+    setup = trainer.load_for_inference(pathlib.Path(FLAGS.workdir))
+    result = predict.predict_command(setup, paths, output_csv=FLAGS.output, batch_size=FLAGS.batch_size)
     for record in result["records"]:
         print(json.dumps(record))
     for p in result["outputs"]:

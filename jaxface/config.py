@@ -1,4 +1,4 @@
-"""Loading config files outside absl flag parsing (the demo, tests, benchmarks)."""
+"""Loading config files outside absl flag parsing (the demo, tests, benchmarks) and reading optional keys."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +8,15 @@ from typing import Any
 import ml_collections
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def option(section, key: str, default: Any = None) -> Any:
+    """SECTION.KEY, or DEFAULT when the section or the key is missing or None (config files leave
+    optional keys out or set them to None; both mean "use the default")."""
+    if section is None:
+        return default
+    value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+    return default if value is None else value
 
 
 def config_path(path: str | pathlib.Path) -> pathlib.Path:

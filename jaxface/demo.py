@@ -26,6 +26,7 @@ DEMO_SETS = ("Male,Black Hair,Smiling", "Blond Hair", "Eyeglasses")
 def run(workdir: pathlib.Path, quick: bool = False) -> dict:
     from jaxface.cgmm import fit
     from jaxface.data import report
+    from jaxface.evaluate import evaluators
     from jaxface.invert import generate
     from jaxface.train import trainer
 
@@ -44,7 +45,7 @@ def run(workdir: pathlib.Path, quick: bool = False) -> dict:
             f"{cfg.num_train_steps} steps (jaxface train, jaxface evaluate)")
     files.write_text(attr_dir / "config.json", cfg.to_json_best_effort(indent=2))
     trainer.train(cfg, attr_dir)
-    ev = trainer.evaluate_command(cfg, attr_dir, split="test")
+    ev = evaluators.evaluate_split(trainer.load_for_inference(attr_dir, cfg), "test")
     print(ev["text"])
     outputs += ev["outputs"]
 
@@ -65,7 +66,7 @@ def run(workdir: pathlib.Path, quick: bool = False) -> dict:
     det_dir = workdir / "detect"
     files.write_text(det_dir / "config.json", det_cfg.to_json_best_effort(indent=2))
     trainer.train(det_cfg, det_dir)
-    det = trainer.evaluate_command(det_cfg, det_dir, split="test")
+    det = evaluators.evaluate_split(trainer.load_for_inference(det_dir, det_cfg), "test")
     print(det["text"])
     outputs += det["outputs"]
 

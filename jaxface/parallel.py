@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -135,3 +136,17 @@ def host_to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def gather_outputs(predict, state, batches) -> dict[str, np.ndarray]:
+    """Runs predict(state, batch) over every batch, gathers every process's rows and keeps those whose
+    batch['valid'] is set: -> host numpy arrays, or {} when there was no batch."""
+    chunks: dict[str, list] = {}
+    for batch in batches:
+        out = dict(predict(state, batch))
+        out["valid"] = batch["valid"]
+        out = multihost_utils.process_allgather(out, tiled=True)
+        valid = np.asarray(out.pop("valid"), bool)
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v)[valid])
+    return {k: np.concatenate(v) for k, v in chunks.items()}

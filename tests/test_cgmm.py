@@ -444,10 +444,10 @@ def test_store_round_trip(fitted_store, tmp_path):
 
 
 def test_store_round_trips_the_image_prior(fitted_store, tmp_path):
-    from jaxface.invert import param
+    from jaxface.cgmm import image_prior
 
     images = np.random.default_rng(0).uniform(size=(20, 8, 8, 3))
-    prior, _ = param.fit_image_prior(images, 5)
+    prior, _ = image_prior.fit_image_prior(images, 5)
     with_prior = dataclasses.replace(fitted_store, image_prior=prior, image_size=8)
     store.save_cgmm(tmp_path / "cgmm", with_prior)
     loaded = store.load_cgmm(tmp_path / "cgmm")

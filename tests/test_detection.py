@@ -11,9 +11,11 @@ from jaxface import config as config_lib
 from jaxface import files
 from jaxface.data import augment as augment_lib
 from jaxface.data.synthfakes import SynthRealFake
-from jaxface.evaluate import detection, logo, robustness
-from jaxface.train import detection as det_task
-from jaxface.train import tasks, trainer
+from jaxface.evaluate import detection, evaluators, robustness
+from jaxface.experiments import logo
+from jaxface.train import spectrum_fit, trainer
+from jaxface.train.tasks import base as tasks
+from jaxface.train.tasks import deepfake as det_task
 
 CONFIG = "configs/detect/synthfakes_mobilenet.py"
 TINY_SUITE = {"jpeg": [50.0], "rotation": [15.0]}
@@ -47,7 +49,7 @@ def test_task_trains_and_evaluate_writes_every_output(tmp_path):
     logged = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in logged if r["split"] == "train")
 
-    ev = trainer.evaluate_command(cfg, tmp_path, split="test")
+    ev = evaluators.evaluate_split(trainer.load_for_inference(tmp_path, cfg), "test")
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("accuracy", "auc", "ap", "eer", "threshold", "per_class", "per_generator", "robustness"):
         assert key in saved, key
@@ -146,9 +148,9 @@ def test_perturbed_source_and_suite_validation():
 def test_spectrum_closed_form_fit_then_evaluate(tmp_path):
     cfg = spectrum_config(**{"data.num_train": 160, "data.num_test": 64})
     cfg.evaluate.robustness = False
-    fit = det_task.fit_spectrum(cfg, tmp_path)
+    fit = spectrum_fit.fit_spectrum(cfg, tmp_path)
     assert fit["num_examples"] == 160 and fit["gradient_norm"] < 1e-3
-    ev = trainer.evaluate_command(cfg, tmp_path, split="test")
+    ev = evaluators.evaluate_split(trainer.load_for_inference(tmp_path, cfg), "test")
     # The transposed-convolution generator leaves a spectral fingerprint the baseline picks up.
     assert ev["metrics"]["per_generator"]["upsample"]["auc_vs_real"] > 0.8
     assert ev["metrics"]["robustness"] == {}
@@ -173,7 +175,7 @@ def test_leave_one_generator_out_trains_without_each_generator(tmp_path):
 
 def test_evaluate_on_another_folder(tmp_path):
     cfg = spectrum_config(**{"data.num_train": 96})
-    det_task.fit_spectrum(cfg, tmp_path / "w")
+    spectrum_fit.fit_spectrum(cfg, tmp_path / "w")
     root = tmp_path / "other"
     data = SynthRealFake(12, resolution=48, seed=99)  # another size and seed: a "different dataset"
     for i in range(len(data)):
@@ -181,7 +183,7 @@ def test_evaluate_on_another_folder(tmp_path):
         sub = "real" if r["label"] == 0 else f"fake/{data.generator_names[int(r['generator_id'])]}"
         files.save_image(root / sub / f"{i}.png", r["image"])
     (root / "real" / "broken.jpg").write_bytes(b"not a jpeg")
-    result = detection.evaluate_on_folder(tmp_path / "w", root, tmp_path / "cross")
+    result = detection.evaluate_on_folder(trainer.load_for_inference(tmp_path / "w"), root, tmp_path / "cross")
     m = result["metrics"]
     assert m["num_examples"] == 12 and m["dataset"] == str(root)  # the broken file is skipped
     assert set(m["per_generator"]) == {"real", "faceswap", "upsample"}

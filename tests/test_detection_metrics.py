@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxface.evaluate import detection as D
+from jaxface.evaluate import metrics as D
 
 # Four real (0) and four fake (1) images; the scores tie across classes at 0.35 and 0.8.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])

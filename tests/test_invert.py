@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxface.cgmm import image_prior
 from jaxface.invert import objectives, param, render, transforms
 from jaxface.kernels import onednn
 
@@ -209,7 +210,7 @@ def test_fft_parameterisation_scales_low_frequencies_up():
 def prior():
     """PCA prior of 40 smooth 32 px images, 12 components."""
     images = np.concatenate([np.asarray(_smooth_images(4, seed)) for seed in range(10, 20)])
-    return param.fit_image_prior(images, 12)
+    return image_prior.fit_image_prior(images, 12)
 
 
 def test_image_prior_is_the_pca_of_its_images(prior):
@@ -337,13 +338,13 @@ def test_bad_options_raise_clear_errors(problem):
         param.make_param("pixels", 1, SIZE, jax.random.key(0), pixel_mode="tanh")
     with pytest.raises(ValueError, match="param='pca' needs an image prior"):
         render.invert(model, targets, param="pca", **base)
-    small_prior, _ = param.fit_image_prior(np.asarray(_smooth_images(4, 3))[:, :16, :16], 2)
+    small_prior, _ = image_prior.fit_image_prior(np.asarray(_smooth_images(4, 3))[:, :16, :16], 2)
     with pytest.raises(ValueError, match="models 768 values per image; 32x32x3 images need 3072"):
         render.invert(model, targets, param="pca", image_prior=small_prior, **base)
     with pytest.raises(ValueError, match="prior_weight is the Gaussian prior of param='pca'"):
         render.invert(model, targets, prior_weight=0.1, **base)
     with pytest.raises(ValueError, match="the images are all identical"):
-        param.fit_image_prior(np.zeros((3, 4, 4, 3)), 2)
+        image_prior.fit_image_prior(np.zeros((3, 4, 4, 3)), 2)
     with pytest.raises(ValueError, match="unknown pad mode"):
         transforms.make_transform_config(pad=2, pad_mode="mirror")
     with pytest.raises(ValueError, match="mesh needs an axis named 'data'"):

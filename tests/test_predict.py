@@ -9,9 +9,8 @@ from jaxface import config as config_lib
 from jaxface import files
 from jaxface.data import pipeline
 from jaxface.data.synthfakes import SynthRealFake
-from jaxface.evaluate import detection, predict
-from jaxface.train import detection as det_task
-from jaxface.train import trainer
+from jaxface.evaluate import detection, metrics, predict
+from jaxface.train import spectrum_fit, trainer
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,13 @@ def workdir(tmp_path_factory):
         "model.dropout": 0.0, "data.image_size": 32, "data.num_train": 96, "batch_size": 16,
         "eval_batch_size": 16, "num_train_steps": 1, "data.augment.enabled": False,
     })
-    det_task.fit_spectrum(cfg, wd)
+    spectrum_fit.fit_spectrum(cfg, wd)
     return wd
+
+
+@pytest.fixture(scope="module")
+def setup(workdir):
+    return trainer.load_for_inference(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +45,11 @@ def images(tmp_path_factory):
     return root
 
 
-def test_predict_files_folders_and_unreadable_inputs(workdir, images, tmp_path):
+def test_predict_files_folders_and_unreadable_inputs(setup, images, tmp_path):
     paths = [images / "single.png", images / "corrupt.jpg", images / "folder", images / "missing.png",
              images / "empty"]
     out_csv = tmp_path / "out" / "predictions.csv"
-    result = predict.predict_command(workdir, [str(p) for p in paths], output_csv=out_csv, batch_size=3)
+    result = predict.predict_command(setup, [str(p) for p in paths], output_csv=out_csv, batch_size=3)
     records = result["records"]
     assert [r["path"] for r in records] == [
         str(images / "single.png"), str(images / "corrupt.jpg"),
@@ -71,31 +75,30 @@ def test_predict_files_folders_and_unreadable_inputs(workdir, images, tmp_path):
     assert float(rows[0]["p_fake"]) == pytest.approx(records[0]["p_fake"], abs=1e-6)
 
 
-def test_predict_matches_the_evaluation_pipeline(workdir, images):
-    setup = trainer.load_for_inference(workdir)
+def test_predict_matches_the_evaluation_pipeline(setup, images):
     path = images / "single.png"
-    record = predict.predict_command(workdir, [str(path)])["records"][0]
+    record = predict.predict_command(setup, [str(path)])["records"][0]
     image = pipeline.DecodeAndResize(32).map({"path": str(path)})["image"]
     logit = setup.model(image[None].astype(np.float32) / 255.0, train=False)[0, 0]
-    assert record["p_fake"] == pytest.approx(float(detection.sigmoid(float(logit))), abs=1e-5)
+    assert record["p_fake"] == pytest.approx(float(metrics.sigmoid(float(logit))), abs=1e-5)
 
 
-def test_predict_uses_the_calibrated_threshold(workdir, images):
-    step = detection._latest_step(workdir)
+def test_predict_uses_the_calibrated_threshold(workdir, setup, images):
+    step = setup.step
     files.write_json(workdir / detection.CALIBRATION_FILE,
                      {"threshold_logit": 50.0, "threshold": 1.0, "method": "balanced_accuracy", "step": step})
     try:
-        result = predict.predict_command(workdir, [str(images / "folder")])
+        result = predict.predict_command(setup, [str(images / "folder")])
         assert all(r["label"] == "real" for r in result["records"])  # nothing reaches p >= 1 - 2e-22
         assert "calibrated" in result["rule"]
         files.write_json(workdir / detection.CALIBRATION_FILE, {"threshold_logit": 50.0, "step": step + 1})
-        assert "0.5" in predict.predict_command(workdir, [str(images / "single.png")])["rule"]  # stale
+        assert "0.5" in predict.predict_command(setup, [str(images / "single.png")])["rule"]  # stale
     finally:
         (workdir / detection.CALIBRATION_FILE).unlink()
 
 
-def test_predict_request_mistakes(workdir, tmp_path):
+def test_predict_request_mistakes(setup, tmp_path):
     with pytest.raises(predict.PredictError, match="at least one image"):
-        predict.predict_command(workdir, [])
+        predict.predict_command(setup, [])
     with pytest.raises(ValueError, match="config.json"):
-        predict.predict_command(tmp_path, ["x.png"])
+        trainer.load_for_inference(tmp_path)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxface.evaluate import evaluators
 from jaxface.train import checkpoint, trainer
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -169,7 +170,7 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
 def test_evaluate_writes_report(tmp_path):
     cfg = tiny_config(num_train_steps=2)
     trainer.train(cfg, tmp_path)
-    result = trainer.evaluate_command(cfg, tmp_path)
+    result = evaluators.evaluate_split(trainer.load_for_inference(tmp_path, cfg))
     import json
 
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -194,5 +195,5 @@ def test_trains_on_real_celeba_sample(tmp_path, shared_data):
                          "batch_size": 8, "eval_batch_size": 8})
     result = trainer.train(cfg, tmp_path)
     assert result["step"] == 3
-    ev = trainer.evaluate_command(cfg, tmp_path, split="train")
+    ev = evaluators.evaluate_split(trainer.load_for_inference(tmp_path, cfg), "train")
     assert ev["metrics"]["num_examples"] > 0

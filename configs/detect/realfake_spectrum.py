@@ -1,7 +1,7 @@
 r"""The frequency baseline on real photographs vs StyleGAN2 faces: radial log-power spectrum + logistic
 regression (Durall et al. 2020), fitted in closed form. The bar every CNN must beat on real data.
 
-    python -m jaxface.train.detection --config=configs/detect/realfake_spectrum.py --workdir=runs/spectrum \
+    python -m jaxface.train.spectrum_fit --config=configs/detect/realfake_spectrum.py --workdir=runs/spectrum \
         --config.data.root=../shared/data/realfake          # closed-form fit (seconds)
     jaxface evaluate --workdir=runs/spectrum
 or by gradient steps through the shared trainer: jaxface train --config=configs/detect/realfake_spectrum.py ...

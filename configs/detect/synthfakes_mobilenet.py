@@ -10,7 +10,7 @@ Leave one generator out (train and calibrate without it; the test split keeps ev
     jaxface train --config=configs/detect/synthfakes_mobilenet.py --workdir=runs/no_upsample \
         --config.data.exclude_generators_train=upsample \
         --config.data.exclude_generators_val=upsample
-or all of them in turn: python -m jaxface.evaluate.logo --config=configs/detect/synthfakes_mobilenet.py \
+or all of them in turn: python -m jaxface.experiments.logo --config=configs/detect/synthfakes_mobilenet.py \
     --workdir=runs/logo
 """
 import ml_collections

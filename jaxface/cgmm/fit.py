@@ -37,7 +37,7 @@ from jaxface.cgmm import joint as joint_lib
 from jaxface.cgmm import stats as stats_lib
 from jaxface.cgmm import store as store_lib
 from jaxface.cgmm import weights as weights_lib
-from jaxface.invert import param as param_lib
+from jaxface.cgmm import image_prior as image_prior_lib
 
 CGMM_DIR = "cgmm"
 CONFIG_FILE = "config.json"
@@ -319,9 +319,9 @@ def fit_cgmm(config, workdir) -> dict:
         if s["prior_components"] > 0:
             start = time.perf_counter()
             try:
-                image_prior, prior_report = param_lib.fit_image_prior(
+                image_prior, prior_report = image_prior_lib.fit_image_prior(
                     np.concatenate(prior_images), s["prior_components"])
-            except param_lib.ParamError as e:
+            except image_prior_lib.ImagePriorError as e:
                 raise FitConfigError(f"cannot fit the image prior: {e}") from None
             timings["image_prior_s"] = time.perf_counter() - start
         if not stats["included"].any():

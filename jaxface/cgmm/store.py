@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxface.cgmm.joint import JointModel
 from jaxface.data.schema import Schema, get_schema
-from jaxface.invert.param import ImagePrior
+from jaxface.cgmm.image_prior import ImagePrior
 
 FORMAT_VERSION = 1
 ARRAYS_FILE = "cgmm.npz"

@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from jaxface import parallel
+from jaxface.config import option
 from jaxface.data.schema import Schema, get_schema
 
 SPLITS = ("train", "val", "test")
@@ -34,13 +35,9 @@ class DataConfigError(ValueError):
     """A data section of a config that cannot describe a dataset."""
 
 
-def _opt(cfg, key, default=None):
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
-
 
 def _require(cfg, key: str, source: str) -> str:
-    value = _opt(cfg, key)
+    value = option(cfg, key)
     if value in (None, ""):
         raise DataConfigError(f"data.source={source!r} needs --config.data.{key}=PATH")
     return value
@@ -54,34 +51,34 @@ def build_source(data_cfg, split: str):
     """A random-access source for one split, from a config's data section."""
     if split not in SPLITS + ("all",):
         raise DataConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    kind = _opt(data_cfg, "source", "synthfaces")
-    seed = int(_opt(data_cfg, "seed", 0))
-    fractions = tuple(_opt(data_cfg, "split_fractions", (0.8, 0.1, 0.1)))
+    kind = option(data_cfg, "source", "synthfaces")
+    seed = int(option(data_cfg, "seed", 0))
+    fractions = tuple(option(data_cfg, "split_fractions", (0.8, 0.1, 0.1)))
     if kind == "synthfaces":
         from jaxface.data.synthfaces import SynthFaces
 
-        rates = _opt(data_cfg, "attribute_rates", None)
+        rates = option(data_cfg, "attribute_rates", None)
         rates = rates.to_dict() if hasattr(rates, "to_dict") else rates
         return SynthFaces(
-            int(_opt(data_cfg, f"num_{split}", 1000)),
-            resolution=int(_opt(data_cfg, "render_size", _opt(data_cfg, "image_size", 64))),
+            int(option(data_cfg, f"num_{split}", 1000)),
+            resolution=int(option(data_cfg, "render_size", option(data_cfg, "image_size", 64))),
             seed=_split_seed(seed, split),
             attribute_rates=rates or None,
         )
     if kind == "synthfakes":
         from jaxface.data.synthfakes import SynthRealFake
 
-        generators = tuple(_opt(data_cfg, "generators", ("upsample", "faceswap")))
+        generators = tuple(option(data_cfg, "generators", ("upsample", "faceswap")))
         return SynthRealFake(
-            int(_opt(data_cfg, f"num_{split}", 1000)),
-            resolution=int(_opt(data_cfg, "render_size", _opt(data_cfg, "image_size", 64))),
+            int(option(data_cfg, f"num_{split}", 1000)),
+            resolution=int(option(data_cfg, "render_size", option(data_cfg, "image_size", 64))),
             seed=_split_seed(seed, split),
             generators=generators,
-            exclude_generators=tuple(_opt(data_cfg, f"exclude_generators_{split}", ())),
+            exclude_generators=tuple(option(data_cfg, f"exclude_generators_{split}", ())),
         )
     from jaxface.data import sources
 
-    schema = _opt(data_cfg, "schema", None)
+    schema = option(data_cfg, "schema", None)
     schema = schema.to_dict() if hasattr(schema, "to_dict") else schema
     if kind == "celeba":
         return sources.CelebAFolder(
@@ -90,15 +87,15 @@ def build_source(data_cfg, split: str):
         )
     if kind == "celeba_tfds":
         return sources.TFDSCelebA(
-            {"val": "validation"}.get(split, split), data_dir=_opt(data_cfg, "tfds_data_dir"),
+            {"val": "validation"}.get(split, split), data_dir=option(data_cfg, "tfds_data_dir"),
             schema=schema or "celeba40",
         )
     if kind == "pubfig":
         return sources.PubFigAttributes(
             _require(data_cfg, "attributes_file", kind), _require(data_cfg, "root", kind),
             schema=schema or "pubfig73",
-            path_pattern=_opt(data_cfg, "path_pattern", "{person_}/{person_}_{imagenum:04d}.jpg"),
-            bbox_file=_opt(data_cfg, "bbox_file"),
+            path_pattern=option(data_cfg, "path_pattern", "{person_}/{person_}_{imagenum:04d}.jpg"),
+            bbox_file=option(data_cfg, "bbox_file"),
         )
     if kind == "realfake":
         return sources.RealFakeFolder(
@@ -113,10 +110,10 @@ def build_source(data_cfg, split: str):
 
 def schema_for(data_cfg) -> Schema:
     """The attribute schema that the data section's labels follow."""
-    schema = _opt(data_cfg, "schema", None)
+    schema = option(data_cfg, "schema", None)
     if schema is None:
         schema = {"synthfaces": "synthfaces", "pubfig": "pubfig73"}.get(
-            _opt(data_cfg, "source", "synthfaces"), "celeba40"
+            option(data_cfg, "source", "synthfaces"), "celeba40"
         )
     return get_schema(schema)
 
@@ -279,20 +276,20 @@ class ShardedBatches:
 def loader_spec_from_config(config, split: str, training: bool | None = None) -> LoaderSpec:
     """training (default: split == 'train') means shuffled, endless, drop-remainder batches."""
     data = config.data
-    rendered = _opt(data, "source", "synthfaces") in RENDERED_SOURCES
-    read_threads = _opt(data, "read_threads", None)
+    rendered = option(data, "source", "synthfaces") in RENDERED_SOURCES
+    read_threads = option(data, "read_threads", None)
     read_threads = (1 if rendered else FILE_READ_THREADS) if read_threads is None else int(read_threads)
     if read_threads < 1:
         raise DataConfigError(f"data.read_threads must be a positive integer, got {read_threads}")
     train = split == "train" if training is None else training
-    batch = int(_opt(config, "eval_batch_size", config.batch_size)) if not train else int(config.batch_size)
+    batch = int(option(config, "eval_batch_size", config.batch_size)) if not train else int(config.batch_size)
     return LoaderSpec(
         batch_size=batch,
         image_size=int(data.image_size),
         seed=int(config.seed),
         train=train,
-        worker_count=int(_opt(data, "worker_count", 0)),
-        strict=bool(_opt(data, "strict", False)),
+        worker_count=int(option(data, "worker_count", 0)),
+        strict=bool(option(data, "strict", False)),
         read_threads=read_threads,
     )
 
@@ -302,7 +299,7 @@ def batches(config, split: str, mesh, *, source=None, augment=None, training: bo
     source = build_source(config.data, split) if source is None else source
     if len(source) == 0:
         raise DataConfigError(
-            f"the {split} split of data.source={_opt(config.data, 'source', 'synthfaces')!r} is empty"
+            f"the {split} split of data.source={option(config.data, 'source', 'synthfaces')!r} is empty"
         )
     spec = loader_spec_from_config(config, split, training)
     spec.augment = augment

@@ -7,7 +7,7 @@ import numpy as np
 
 from jaxface import files
 from jaxface.data import pipeline
-from jaxface.evaluate import plots
+from jaxface import plots
 
 
 def _split_sizes(data_cfg) -> dict:

@@ -22,9 +22,14 @@ import os
 import pathlib
 from typing import Iterable, Sequence
 
+import jax
 import numpy as np
 
-from jaxface import files
+from jaxface import files, parallel
+from jaxface.data import imageio, pipeline
+from jaxface.data.sources import IMAGE_EXTENSIONS
+from jaxface.evaluate import detection
+from jaxface.evaluate.metrics import sigmoid
 
 CSV_COLUMNS = ("path", "label", "p_fake", "error")
 
@@ -35,8 +40,6 @@ class PredictError(ValueError):
 
 def collect_image_paths(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | None]]:
     """(path, None) for every image to classify, (path, reason) for inputs that cannot be."""
-    from jaxface.data.sources import IMAGE_EXTENSIONS
-
     out: list[tuple[str, str | None]] = []
     for raw in paths:
         path = pathlib.Path(os.path.expanduser(str(raw)))
@@ -60,8 +63,6 @@ def collect_image_paths(paths: Iterable[str | os.PathLike]) -> list[tuple[str, s
 
 def _load(path: str, size: int):
     """-> (uint8 (size, size, 3) image, None) or (None, reason)."""
-    from jaxface.data import imageio, pipeline
-
     try:
         image = imageio.decode_image(path)
         return pipeline.DecodeAndResize(size, strict=True).map({"image": image})["image"], None
@@ -71,22 +72,16 @@ def _load(path: str, size: int):
         return None, f"{type(err).__name__}: {err}"
 
 
-def _threshold(workdir) -> tuple[float, str]:
-    from jaxface.evaluate import detection
-
-    cal = detection.read_calibration(workdir)
+def _threshold(setup) -> tuple[float, str]:
+    cal = detection.read_calibration(setup.workdir, setup.step)
     if cal is None:
         return 0.0, "p_fake >= 0.5 (no calibration for the latest checkpoint; run `jaxface evaluate`)"
     return float(cal["threshold_logit"]), (f"p_fake >= {cal['threshold']:.4f} (calibrated on the "
                                            f"{cal.get('split', 'val')} split, {cal['method']})")
 
 
-def classify(setup, images: np.ndarray, predict, batch_size: int) -> np.ndarray:
+def classify(setup, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Logits (N,) of uint8 (N, H, W, 3) images, in fixed-shape padded batches."""
-    import jax
-
-    from jaxface import parallel
-
     shards = parallel.data_parallel_size(setup.mesh)
     batch = int(math.ceil(batch_size / shards) * shards)
     logits = []
@@ -102,7 +97,7 @@ def classify(setup, images: np.ndarray, predict, batch_size: int) -> np.ndarray:
         }
         host["image"][:n] = chunk.astype(np.float32) / 255.0
         with jax.set_mesh(setup.mesh):
-            out = predict(setup.model_state, parallel.host_to_global(host, setup.mesh))
+            out = setup.predict(setup.model_state, parallel.host_to_global(host, setup.mesh))
         logits.append(np.asarray(out["logit"], np.float64)[:n])
     return np.concatenate(logits) if logits else np.zeros(0)
 
@@ -117,25 +112,20 @@ def write_csv(path, records: Sequence[dict]) -> pathlib.Path:
     return files.write_text(path, buf.getvalue())
 
 
-def predict_command(workdir, paths: Sequence[str], output_csv=None, batch_size: int = 64) -> dict:
-    """Classifies every image under PATHS with the detector in WORKDIR.
+def predict_command(setup, paths: Sequence[str], output_csv=None, batch_size: int = 64) -> dict:
+    """Classifies every image under PATHS with the detector of SETUP (`load_for_inference(W)`).
 
     -> dict(records=[{path, label, p_fake, error}], outputs=[written files], threshold=p, rule=text)
     """
-    from jaxface.evaluate import detection
-    from jaxface.train import trainer
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise PredictError("give at least one image file or folder to classify")
     if int(batch_size) < 1:
         raise PredictError(f"batch_size must be at least 1, got {batch_size}")
-    setup = trainer.load_for_inference(workdir)
     if setup.task.name != "deepfake":
-        raise PredictError(f"{workdir} holds a {setup.task.name!r} model, not a deepfake detector")
-    threshold_logit, rule = _threshold(workdir)
-    predict = trainer.make_predict_step(setup.task, setup.model_def)
+        raise PredictError(f"{setup.workdir} holds a {setup.task.name!r} model, not a deepfake detector")
+    threshold_logit, rule = _threshold(setup)
     size = int(setup.config.data.image_size)
     items = collect_image_paths(paths)
     records: list[dict] = []
@@ -145,16 +135,16 @@ def predict_command(workdir, paths: Sequence[str], output_csv=None, batch_size: 
             part = items[start:start + chunk]
             loaded = list(pool.map(lambda it: (None, it[1]) if it[1] else _load(it[0], size), part))
             ok = [i for i, (image, _) in enumerate(loaded) if image is not None]
-            logits = classify(setup, np.stack([loaded[i][0] for i in ok]), predict, int(batch_size)) \
+            logits = classify(setup, np.stack([loaded[i][0] for i in ok]), int(batch_size)) \
                 if ok else np.zeros(0)
             by_item = dict(zip(ok, logits))
             for i, (path, _) in enumerate(part):
                 if i in by_item:
                     z = by_item[i]
                     records.append({"path": path, "label": "fake" if z >= threshold_logit else "real",
-                                    "p_fake": float(detection.sigmoid(z)), "error": None})
+                                    "p_fake": float(sigmoid(z)), "error": None})
                 else:
                     records.append({"path": path, "label": None, "p_fake": None, "error": loaded[i][1]})
     outputs = [write_csv(output_csv, records)] if output_csv else []
-    return {"records": records, "outputs": outputs, "threshold": float(detection.sigmoid(threshold_logit)),
+    return {"records": records, "outputs": outputs, "threshold": float(sigmoid(threshold_logit)),
             "rule": rule}

@@ -22,6 +22,9 @@ import numpy as np
 
 from jaxface import files
 from jaxface.data import augment as augment_lib
+from jaxface.data import imageio
+from jaxface.evaluate.evaluators import predict_source
+from jaxface.evaluate.metrics import detection_metrics, format_metric, sigmoid
 
 
 class RobustnessError(ValueError):
@@ -63,8 +66,6 @@ def stratified_subsample(labels: np.ndarray, generator_ids: np.ndarray, max_exam
 
 
 def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
-    from jaxface.data import imageio
-
     h, w = image.shape[:2]
     if max(h, w) <= max_side:
         return image
@@ -74,8 +75,6 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
 
 def materialize(source, *, max_examples: int = 500, max_side: int = 512, seed: int = 0) -> list[dict]:
     """The (sub-sampled) records of `source` with decoded uint8 images; unreadable files are left out."""
-    from jaxface.data import imageio
-
     labels, gids = _label_arrays(source)
     indices = stratified_subsample(labels, gids, int(max_examples), seed)
 
@@ -150,54 +149,44 @@ def check_suite(suite: Mapping[str, Any] | None) -> dict[str, list[float]]:
 
 
 def _scores(outputs: dict, threshold_logit: float) -> dict:
-    from jaxface.evaluate import detection
-
-    m = detection.detection_metrics(outputs["label"], outputs["logit"], threshold_logit)
+    m = detection_metrics(outputs["label"], outputs["logit"], threshold_logit)
     return {"auc": m["auc"], "accuracy": m["accuracy"], "ap": m["ap"], "eer": m["eer"],
             "balanced_accuracy": m["balanced_accuracy"], "n": m["num_examples"]}
 
 
-def run_suite(setup, source, threshold_logit: float, *, predict=None, suite=None, max_examples: int = 500,
+def run_suite(setup, source, threshold_logit: float, *, suite=None, max_examples: int = 500,
               max_side: int = 512, seed: int = 0, records: list[dict] | None = None) -> dict:
     """Evaluates the detector of `setup` on every (kind, strength) of the suite applied to `source`."""
-    from jaxface.evaluate import detection
-    from jaxface.train import trainer
-
     suite = check_suite(suite)
-    predict = predict or trainer.make_predict_step(setup.task, setup.model_def)
     records = records if records is not None else materialize(
         source, max_examples=max_examples, max_side=max_side, seed=seed)
     if not records:
         raise RobustnessError(f"no readable image in {source!r} for the robustness suite")
-    clean = _scores(detection.predict_source(setup, PerturbedSource(records), predict), threshold_logit)
+    clean = _scores(predict_source(setup, PerturbedSource(records)), threshold_logit)
     results = {}
     for kind, strengths in suite.items():
         rows = []
         for strength in strengths:
-            outputs = detection.predict_source(setup, PerturbedSource(records, kind, strength), predict)
+            outputs = predict_source(setup, PerturbedSource(records, kind, strength))
             rows.append({"strength": strength, **_scores(outputs, threshold_logit)})
         results[kind] = rows
     return {"num_examples": len(records), "threshold_logit": float(threshold_logit),
-            "threshold": float(detection.sigmoid(threshold_logit)), "clean": clean, "perturbations": results}
+            "threshold": float(sigmoid(threshold_logit)), "clean": clean, "perturbations": results}
 
 
 _UNITS = {"rotation": "degrees", "mirror": "flip", "gaussian_blur": "sigma (px)",
           "scaling": "scale factor", "crop": "fraction kept", "jpeg": "quality"}
 
 
-def _fmt(v) -> str:
-    return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def table(results: dict) -> str:
     clean = results["clean"]
     lines = [f"robustness (n={results['num_examples']}, threshold p>={results['threshold']:.3f}): clean AUC "
-             f"{_fmt(clean['auc'])} accuracy {_fmt(clean['accuracy'])}",
+             f"{format_metric(clean['auc'])} accuracy {format_metric(clean['accuracy'])}",
              f"{'perturbation':14s} {'strength':>8s} {'AUC':>6s} {'accuracy':>8s} {'AP':>6s} {'EER':>6s}"]
     for kind, rows in results["perturbations"].items():
         for r in rows:
-            lines.append(f"{kind:14s} {r['strength']:8g} {_fmt(r['auc']):>6s} {_fmt(r['accuracy']):>8s} "
-                         f"{_fmt(r['ap']):>6s} {_fmt(r['eer']):>6s}")
+            lines.append(f"{kind:14s} {r['strength']:8g} {format_metric(r['auc']):>6s} {format_metric(r['accuracy']):>8s} "
+                         f"{format_metric(r['ap']):>6s} {format_metric(r['eer']):>6s}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The one trainer. A task (tasks.py) supplies model, loss, predictions and report; this file owns the
+"""The one trainer. A task (tasks/) supplies model, loss, predictions and their summary; this file owns the
 mesh, the jitted step, evaluation, checkpoints and resumption, logging, preemption and divergence.
 """
 from __future__ import annotations
@@ -15,14 +15,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxface import files, parallel
 from jaxface.data import pipeline
-from jaxface.train import checkpoint, optim, tasks
+from jaxface.train import checkpoint, optim
+from jaxface.train.tasks.base import Task, TaskConfigError, get_task
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,12 +30,18 @@ class TrainingDiverged(RuntimeError):
 
 @dataclasses.dataclass
 class Setup:
+    """A task's model on a mesh, with its jitted per-example `predict(model_state, batch)`; from
+    `load_for_inference` also the checkpoint `step` and the `workdir` it came from. This is what the
+    evaluators, predict and the service receive."""
     config: Any
-    task: tasks.Task
+    task: Task
     mesh: Any
     model: nnx.Module
     model_def: Any
     model_state: Any
+    predict: Any = None
+    step: int | None = None
+    workdir: pathlib.Path | None = None
 
 
 def _param_sharding(mesh, config, path_str: str, value) -> NamedSharding:
@@ -88,10 +93,10 @@ def build(config, *, mesh=None) -> Setup:
     """Model of the config's task, its state placed on the mesh (no optimiser)."""
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.mesh_from_config(config) if mesh is None else mesh
-    task = tasks.get_task(config)
+    task = get_task(config)
     model_def, model_state = create_model(task, int(config.seed), mesh, config)
     model = nnx.merge(model_def, model_state)
-    return Setup(config, task, mesh, model, model_def, model_state)
+    return Setup(config, task, mesh, model, model_def, model_state, predict=make_predict_step(task, model_def))
 
 
 def load_for_inference(workdir, config=None) -> Setup:
@@ -114,7 +119,7 @@ def load_for_inference(workdir, config=None) -> Setup:
                                          "run `jaxface train` first")
     nnx.replace_by_pure_dict(setup.model_state, restored["model"])
     nnx.update(setup.model, setup.model_state)
-    setup.config = config
+    setup.config, setup.step, setup.workdir = config, int(restored["step"]), workdir
     return setup
 
 
@@ -155,21 +160,6 @@ def make_predict_step(task, model_def):
         return task.predict(nnx.merge(model_def, model_state), batch)
 
     return predict
-
-
-def run_predictions(task, predict, model_state, batches) -> dict:
-    """Runs `predict` over every batch; -> host numpy outputs of the valid examples only."""
-    chunks: dict[str, list] = {}
-    for batch in batches:
-        out = predict(model_state, batch)
-        out["valid"] = batch["valid"]
-        out = multihost_utils.process_allgather(out, tiled=True)
-        valid = np.asarray(out.pop("valid"), bool)
-        for k, v in out.items():
-            chunks.setdefault(k, []).append(np.asarray(v)[valid])
-    if not chunks:
-        raise pipeline.DataConfigError("the evaluation split yielded no readable image")
-    return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -244,7 +234,7 @@ def train(config, workdir) -> dict:
                                                  setup.model_state)
     num_steps = int(config.num_train_steps)
     if num_steps < 1:
-        raise tasks.TaskConfigError(f"num_train_steps must be at least 1, got {num_steps}")
+        raise TaskConfigError(f"num_train_steps must be at least 1, got {num_steps}")
 
     trainable = optim.trainable_filter(config.get("freeze_below", ""), task.layer_of, task.layer_index)
     tx = optim.build_optimizer(config.optimizer, num_steps)
@@ -252,7 +242,7 @@ def train(config, workdir) -> dict:
     shardings = (jax.tree.map(lambda x: x.sharding, model_state),
                  jax.tree.map(lambda x: x.sharding, opt_state))
     train_step = make_train_step(task, model_def, opt_def, trainable, shardings)
-    predict = make_predict_step(task, model_def)
+    predict = setup.predict
 
     train_batches = pipeline.batches(config, "train", mesh, augment=task.augment(config))
     mngr = checkpoint.manager(workdir, keep=int(config.get("keep_checkpoints", 3)))
@@ -344,21 +334,8 @@ def _evaluate_split(config, task, predict, model_state, mesh, split):
     source = pipeline.build_source(config.data, split)
     if len(source) == 0:
         return {}
-    outputs = run_predictions(task, predict, model_state, pipeline.batches(config, split, mesh, source=source, training=False))
+    outputs = parallel.gather_outputs(
+        predict, model_state, pipeline.batches(config, split, mesh, source=source, training=False))
+    if not outputs:
+        raise pipeline.DataConfigError(f"the {split} split yielded no readable image")
     return task.summarize(outputs)
-
-
-def evaluate_command(config, workdir, split: str = "test") -> dict:
-    """`jaxface evaluate`: the latest checkpoint on a split -> WORKDIR/eval/ (metrics, CSV, plots)."""
-    workdir = pathlib.Path(workdir)
-    setup = load_for_inference(workdir, config)
-    predict = make_predict_step(setup.task, setup.model_def)
-    with jax.set_mesh(setup.mesh):
-        source = pipeline.build_source(setup.config.data, split)
-        outputs = run_predictions(setup.task, predict, setup.model_state,
-                                  pipeline.batches(setup.config, split, setup.mesh, source=source,
-                                                   training=False))
-        metrics = setup.task.summarize(outputs)
-    metrics["split"] = split
-    text, written = setup.task.report(outputs, metrics, workdir / "eval")
-    return {"metrics": metrics, "text": text, "outputs": written}

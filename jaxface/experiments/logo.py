@@ -7,7 +7,7 @@ runs on the full test split. The figures are the held-out generator's AUC agains
 and its detection rate at the calibrated threshold, next to the same numbers for the generators seen in
 training. Existing runs are resumed (or reused when complete), as the trainer does.
 
-    python -m jaxface.evaluate.logo --config=configs/detect/synthfakes_mobilenet.py --workdir=runs/logo
+    python -m jaxface.experiments.logo --config=configs/detect/synthfakes_mobilenet.py --workdir=runs/logo
     # one run by hand, with the ordinary commands:
     jaxface train --config=configs/detect/synthfakes_mobilenet.py --workdir=runs/no_up \
         --config.data.exclude_generators_train=upsample --config.data.exclude_generators_val=upsample
@@ -25,7 +25,10 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from jaxface import files
+from jaxface import files, plots
+from jaxface.evaluate import evaluators
+from jaxface.evaluate.metrics import format_metric
+from jaxface.train import trainer
 
 
 class LogoError(ValueError):
@@ -45,9 +48,6 @@ def held_out_config(config, generator: str):
 def leave_one_generator_out(config, workdir, generators: Sequence[str] | None = None, *,
                             robustness: bool = False) -> dict:
     """Runs the protocol; writes WORKDIR/logo_summary.json and logo.png. -> dict(rows, text, outputs)."""
-    from jaxface.evaluate import plots
-    from jaxface.train import trainer
-
     workdir = pathlib.Path(workdir)
     if config.data.get("source") != "synthfakes":
         raise LogoError(
@@ -70,7 +70,7 @@ def leave_one_generator_out(config, workdir, generators: Sequence[str] | None = 
         files.write_text(run_dir / "config.json", cfg.to_json_best_effort(indent=2))
         print(f"=== leave-one-generator-out: training without {g!r} in {run_dir}", flush=True)
         trainer.train(cfg, run_dir)
-        ev = trainer.evaluate_command(cfg, run_dir, split="test")
+        ev = evaluators.evaluate_split(trainer.load_for_inference(run_dir, cfg), "test")
         per = ev["metrics"]["per_generator"]
         seen = [n for n in per if n not in ("real", g)]
         rows.append({
@@ -97,9 +97,7 @@ def leave_one_generator_out(config, workdir, generators: Sequence[str] | None = 
 
 
 def table(rows: Sequence[dict]) -> str:
-    def f(v):
-        return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
+    f = format_metric
     lines = [f"{'held out':12s} {'AUC unseen':>10s} {'det. unseen':>11s} {'AUC seen':>9s} {'det. seen':>9s} "
              f"{'real acc':>8s}"]
     for r in rows:

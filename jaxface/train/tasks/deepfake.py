@@ -16,37 +16,33 @@ after the resize to data.image_size.
 
 The frequency baseline (model.name='spectrum') trains through the same trainer (its standardisation
 follows the data in train mode, the linear layer is fitted by gradient steps), or in closed form:
-`fit_spectrum(config, workdir)` / `python -m jaxface.train.detection --config=... --workdir=W` solves the
+`train.spectrum_fit.fit_spectrum(config, workdir)` / `python -m jaxface.train.spectrum_fit --config=...
+--workdir=W` solves the
 L2-regularised logistic regression by Newton steps and writes an ordinary checkpoint, so `jaxface
 evaluate` and `jaxface predict` use it like any trained detector.
 """
 from __future__ import annotations
 
-import pathlib
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from jaxface.data import pipeline
-from jaxface.train import tasks
+from jaxface.config import option
+from jaxface.data import augment as augment_lib
+from jaxface.data import pipeline, sources
+from jaxface.evaluate import metrics as metrics_lib
+from jaxface.models import registry
+from jaxface.train.tasks.base import Task, TaskConfigError
 
 BALANCE_MODES = ("loss", "none")
 
-
-def _opt(section, key, default=None):
-    if section is None:
-        return default
-    value = section.get(key, default)
-    return default if value is None else value
 
 
 def augment_settings(config) -> dict | None:
     """config.data.augment without its `enabled` switch (what `augment.Augmenter` accepts), or None
     when augmentation is off."""
-    aug = _opt(config.data, "augment")
+    aug = option(config.data, "augment")
     if aug is None:
         return None
     settings = aug.to_dict() if hasattr(aug, "to_dict") else dict(aug)
@@ -54,32 +50,30 @@ def augment_settings(config) -> dict | None:
     return settings if enabled else None
 
 
-class DeepfakeTask(tasks.Task):
+class DeepfakeTask(Task):
     """Real/fake classification with any backbone of models.registry."""
 
     name = "deepfake"
     headline_metric = "auc"
 
     def __init__(self, config):
-        from jaxface.models import registry
-
         self.config = config
         m = config.model
-        self.model_name = _opt(m, "name", "mobilenetv3_small")
+        self.model_name = option(m, "name", "mobilenetv3_small")
         if self.model_name not in registry.DETECTORS:
-            raise tasks.TaskConfigError(
+            raise TaskConfigError(
                 f"model.name={self.model_name!r} is not a detector; valid detectors: "
                 f"{', '.join(registry.detector_names())}")
-        self.input_size = int(_opt(m, "input_size", config.data.image_size))
+        self.input_size = int(option(m, "input_size", config.data.image_size))
         if int(config.data.image_size) != self.input_size:
-            raise tasks.TaskConfigError(
+            raise TaskConfigError(
                 f"data.image_size={config.data.image_size} differs from model.input_size={self.input_size}; "
                 "the pipeline resizes images to data.image_size, so set both to the same size")
-        options = _opt(m, "options", {})
+        options = option(m, "options", {})
         self.model_options = options.to_dict() if hasattr(options, "to_dict") else dict(options)
-        self.balance = _opt(config.data, "balance", "loss")
+        self.balance = option(config.data, "balance", "loss")
         if self.balance not in BALANCE_MODES:
-            raise tasks.TaskConfigError(
+            raise TaskConfigError(
                 f"data.balance={self.balance!r}; valid: {', '.join(BALANCE_MODES)}")
         self._class_weights = None
         self._generator_names = None
@@ -87,13 +81,11 @@ class DeepfakeTask(tasks.Task):
     # ---------------------------------------------------------------------------------- model
     def _model_kwargs(self) -> dict:
         m = self.config.model
-        return dict(input_size=self.input_size, width=float(_opt(m, "width", 1.0)),
-                    depth=float(_opt(m, "depth", 1.0)), dropout=float(_opt(m, "dropout", 0.2)),
+        return dict(input_size=self.input_size, width=float(option(m, "width", 1.0)),
+                    depth=float(option(m, "depth", 1.0)), dropout=float(option(m, "dropout", 0.2)),
                     **self.model_options)
 
     def build_model(self, rngs):
-        from jaxface.models import registry
-
         model = registry.build_detector(self.model_name, num_outputs=1, rngs=rngs, **self._model_kwargs())
         # Layer order for freeze_below, read while the attributes are still in construction (= forward)
         # order; a module that went through split/merge lists them sorted.
@@ -117,8 +109,6 @@ class DeepfakeTask(tasks.Task):
         if self._class_weights is None:
             weights = np.ones(2, np.float32)
             if self.balance == "loss":
-                from jaxface.data import sources
-
                 source = pipeline.build_source(self.config.data, "train")
                 labels = getattr(source, "labels", None)
                 if labels is None or len(labels) != len(source):
@@ -153,18 +143,11 @@ class DeepfakeTask(tasks.Task):
     # ---------------------------------------------------------------------------- evaluation
     def summarize(self, outputs):
         """Metrics at p = 0.5 (training-time validation); `report` recomputes them at the threshold
-        calibrated on the validation split."""
-        from jaxface.evaluate import detection
-
-        metrics = detection.detection_metrics(outputs["label"], outputs["logit"], 0.0,
+        calibrated on the validation split (jaxface.evaluate.detection)."""
+        metrics = metrics_lib.detection_metrics(outputs["label"], outputs["logit"], 0.0,
                                               outputs["generator_id"], self.generator_names)
         metrics["threshold_method"] = "fixed"
         return metrics
-
-    def report(self, outputs, metrics, out_dir):
-        from jaxface.evaluate import detection
-
-        return detection.task_report(self, outputs, metrics, out_dir)
 
     # ----------------------------------------------------------------------- freezing, init_from
     def _layer_order(self) -> list[str]:
@@ -181,7 +164,7 @@ class DeepfakeTask(tasks.Task):
     def layer_index(self, name: str) -> int:
         order = self._layer_order()
         if name not in order:
-            raise tasks.TaskConfigError(
+            raise TaskConfigError(
                 f"unknown layer {name!r} for {self.model_name}; valid layers are: {', '.join(order)}")
         return order.index(name)
 
@@ -192,8 +175,6 @@ class DeepfakeTask(tasks.Task):
         settings = augment_settings(config)
         if settings is None:
             return None
-        from jaxface.data import augment as augment_lib
-
         return augment_lib.AugmentTransform(settings)
 
 
@@ -210,76 +191,4 @@ def _top_level_layers(model) -> list[str]:
     return names
 
 
-tasks.register("deepfake", DeepfakeTask)
 
-
-# ------------------------------------------------------------------------ closed-form spectrum fit
-def fit_spectrum(config, workdir) -> dict:
-    """Fits the 'spectrum' detector's logistic regression exactly on the training split (no
-    augmentation) and saves it as the trainer's checkpoint at step config.num_train_steps."""
-    from jax.experimental import multihost_utils
-
-    from jaxface import files
-    from jaxface.models import spectrum
-    from jaxface.train import checkpoint, optim, trainer
-
-    workdir = pathlib.Path(workdir)
-    if _opt(config.model, "name") != "spectrum":
-        raise tasks.TaskConfigError(
-            f"the closed-form fit is for model.name='spectrum', not {_opt(config.model, 'name')!r}")
-    setup = trainer.build(config)
-    model = setup.model
-    profile = jax.jit(model.profile)
-    feats, labels = [], []
-    with jax.set_mesh(setup.mesh):
-        for batch in pipeline.batches(config, "train", setup.mesh, training=False):
-            host = multihost_utils.process_allgather(
-                {"f": profile(batch["image"]), "y": batch["label"], "v": batch["valid"]}, tiled=True)
-            valid = np.asarray(host["v"], bool)
-            feats.append(np.asarray(host["f"])[valid])
-            labels.append(np.asarray(host["y"])[valid])
-        fit = spectrum.fit_spectrum_classifier(
-            np.concatenate(feats), np.concatenate(labels),
-            l2=float(_opt(config.model, "l2", 1e-2)), steps=int(_opt(config.model, "newton_steps", 25)))
-        model.set_classifier(fit)
-
-    # A checkpoint the trainer's format expects: model, optimiser (fresh) and data-iterator state.
-    step = int(config.num_train_steps)
-    tx = optim.build_optimizer(config.optimizer, step)
-    trainable = optim.trainable_filter(config.get("freeze_below", ""), setup.task.layer_of,
-                                       setup.task.layer_index)
-    _, model_state = nnx.split(model)
-    _, opt_state = trainer.create_optimizer(setup.model_def, model_state, tx, trainable, setup.mesh, config)
-    train_batches = pipeline.batches(config, "train", setup.mesh, augment=setup.task.augment(config))
-    mngr = checkpoint.manager(workdir, keep=int(config.get("keep_checkpoints", 3)))
-    checkpoint.save(mngr, step, model_state=model_state.to_pure_dict(), opt_state=opt_state.to_pure_dict(),
-                    meta={"step": step, "task": "deepfake", "seed": int(config.seed), "fit": "closed_form"},
-                    data_iterator=train_batches._iter, force=True)
-    mngr.wait_until_finished()
-    record = {"step": step, "split": "train", "loss": float(fit.loss), "grad_norm": float(fit.gradient_norm),
-              "fit": "closed_form", "num_examples": int(sum(len(l) for l in labels))}
-    files.append_jsonl(workdir / "metrics.jsonl", record)
-    files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
-    return {"step": step, "loss": float(fit.loss), "gradient_norm": float(fit.gradient_norm),
-            "num_examples": record["num_examples"], "outputs": [workdir / "metrics.jsonl", mngr.directory]}
-
-
-def main(argv):  # pragma: no cover - thin command wrapper, exercised through fit_spectrum in tests
-    from absl import flags, logging
-
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    result = fit_spectrum(flags.FLAGS.config, flags.FLAGS.workdir)
-    print(f"closed-form spectrum fit on {result['num_examples']} training images: log-loss "
-          f"{result['loss']:.4f}, max |gradient| {result['gradient_norm']:.2e}")
-    for p in result["outputs"]:
-        print(f"wrote {p}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "A detection config with model.name='spectrum'.")
-    flags.DEFINE_string("workdir", None, "Directory for the checkpoint.", required=True)
-    app.run(main)

@@ -1,0 +1,1 @@
+"""Experiment protocols that train and evaluate several models (applications over train/ and evaluate/)."""

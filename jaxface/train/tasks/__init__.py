@@ -1,0 +1,1 @@
+"""Tasks of the one trainer, looked up by name in `base.TASKS` (config.task)."""
