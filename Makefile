@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test install kernels clean
+.PHONY: demo test test-fast install kernels clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: kernels
 
 test: kernels
 	$(PY) -m pytest -q tests
+
+# The unmarked tests only (no subprocess/end-to-end, real-data or oneDNN tests): a quick check while editing.
+test-fast: kernels
+	$(PY) -m pytest -q -m "not slow and not shared_data and not onednn" tests
 
 clean:
 	rm -rf $(VENV) runs

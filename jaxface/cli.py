@@ -36,12 +36,12 @@ def _define_common(config_required: bool, workdir_required: bool = True):
 def _config(required: bool = True):
     """The resolved config: --config, else the config a previous command saved in the workdir."""
     cfg = FLAGS.config
-    if cfg is None and FLAGS.workdir and (pathlib.Path(FLAGS.workdir) / "config.json").exists():
+    if cfg is None and FLAGS.workdir and (_workdir() / "config.json").exists():
         import json
 
         import ml_collections
 
-        with open(pathlib.Path(FLAGS.workdir) / "config.json") as f:
+        with (_workdir() / "config.json").open() as f:
             cfg = ml_collections.ConfigDict(json.load(f))
     if cfg is None and required:
         raise UsageError(
@@ -54,7 +54,7 @@ def _config(required: bool = True):
 def _save_config(config, workdir) -> pathlib.Path:
     from jaxface import files
 
-    return files.write_text(pathlib.Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
+    return files.write_text(files.as_path(workdir) / "config.json", config.to_json_best_effort(indent=2))
 
 
 def _print_outputs(paths):
@@ -66,13 +66,20 @@ def _print_outputs(paths):
         print(f"wrote {p}")
 
 
+def _workdir():
+    """--workdir as an epath path (a local folder or a gs:// URL)."""
+    from jaxface import files  # imported here: `jaxface --help` stays free of the jax import
+
+    return files.as_path(FLAGS.workdir)
+
+
 # ---------------------------------------------------------------------------------------- commands
 def cmd_data(argv):
     """Summarise a dataset (sizes, attribute rates) and write preview grids."""
     from jaxface.data import pipeline, report
 
     config = _config()
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = _workdir()
     cfg_path = _save_config(config, workdir)
     if config.data.source in pipeline.DETECTION_SOURCES:
         augment = None
@@ -92,10 +99,12 @@ def cmd_train(argv):
     from jaxface.train import trainer
 
     config = _config()
-    workdir = pathlib.Path(FLAGS.workdir)
-    cfg_path = _save_config(config, workdir)
-    result = trainer.train(config, workdir)
-    _print_outputs([cfg_path] + result["outputs"])
+    workdir = _workdir()
+    saved = []  # config.json is written only once the run has been validated (trainer.train on_start)
+    result = trainer.train(config, workdir, on_start=lambda: saved.append(_save_config(config, workdir)))
+    _print_outputs(saved + result["outputs"])
+    if result["interrupted"] == "SIGINT":
+        sys.exit(130)
 
 
 def cmd_evaluate(argv):
@@ -104,7 +113,7 @@ def cmd_evaluate(argv):
     from jaxface.train import trainer
 
     config = _config()
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = _workdir()
     if FLAGS.data_root:
         out_dir = workdir / "eval" / ("cross_" + pathlib.Path(FLAGS.data_root).resolve().name)
         result = detection.evaluate_on_folder(trainer.load_for_inference(workdir), FLAGS.data_root, out_dir)
@@ -149,17 +158,17 @@ def cmd_fit_cgmm(argv):
     config = FLAGS.config
     if config is None:
         raise UsageError("--config is required, e.g. --config=configs/generate/synthfaces_tiny.py")
-    result = fit.fit_cgmm_command(config, pathlib.Path(FLAGS.workdir))
+    result = fit.fit_cgmm_command(config, _workdir())
     print(result["text"])
     _print_outputs(result["outputs"])
 
 
 def cmd_generate(argv):
     """Generate faces for an attribute set (or --reconstruct an image, or run a --sweep) from WORKDIR."""
-    from jaxface.invert import generate
+    from jaxface.generate import command as generate
 
     result = generate.generate_command(
-        pathlib.Path(FLAGS.workdir), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
+        _workdir(), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
         model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
         reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
         strength=FLAGS.strength, layers=FLAGS.layers)
@@ -185,6 +194,10 @@ def cmd_bench(argv):
     print(f"wrote {out} ({len(records)} records)")
 
 
+# `jaxface predict` exits with this when some input was missing or unreadable (its record says why).
+PREDICT_INCOMPLETE = 3
+
+
 def cmd_predict(argv):
     """Detect deepfakes in image files or folders with the detector trained in WORKDIR (JSON lines)."""
     import json
@@ -195,19 +208,26 @@ def cmd_predict(argv):
     paths = argv[1:]
     if not paths:
         raise UsageError("usage: jaxface predict --workdir=W PATH [PATH ...] [--output=FILE.csv]")
-    setup = trainer.load_for_inference(pathlib.Path(FLAGS.workdir))
+    if FLAGS.output and os.path.exists(FLAGS.output) and not FLAGS.overwrite:
+        raise UsageError(f"--output={FLAGS.output} exists; pass --overwrite to replace it")
+    setup = trainer.load_for_inference(_workdir())
     result = predict.predict_command(setup, paths, output_csv=FLAGS.output, batch_size=FLAGS.batch_size)
     for record in result["records"]:
         print(json.dumps(record))
     for p in result["outputs"]:
         print(f"wrote {p}", file=sys.stderr)
+    failed = sum(r["error"] is not None for r in result["records"])
+    if failed:
+        print(f"{failed} of {len(result['records'])} inputs could not be classified (exit status "
+              f"{PREDICT_INCOMPLETE})", file=sys.stderr)
+        sys.exit(PREDICT_INCOMPLETE)
 
 
 def cmd_demo(argv):
     """The main job on the embedded synthetic faces: data preview, training, evaluation."""
     from jaxface import demo
 
-    demo.run(pathlib.Path(FLAGS.workdir), quick=FLAGS.quick)
+    demo.run(_workdir(), quick=FLAGS.quick)
 
 
 def _flags_data():
@@ -260,6 +280,7 @@ def _flags_bench():
 def _flags_predict():
     flags.DEFINE_string("workdir", None, "Workdir of a trained detector.", required=True)
     flags.DEFINE_string("output", None, "Also write a CSV table (path,label,p_fake,error).")
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing --output file.")
     flags.DEFINE_integer("batch_size", 64, "Images per jitted inference call.")
 
 
@@ -335,9 +356,41 @@ def _faster_without_ynn(name: str) -> bool:
     return False
 
 
+def _command_help(name: str, doc: str) -> str:
+    """`jaxface NAME --help`: the command's purpose and its own flags (absl's --helpfull adds its own)."""
+    own = FLAGS.get_flags_for_module(sys.modules[__name__])
+    lines = [f"usage: jaxface {name} [flags]", "", doc.strip(), "", "flags:"]
+    for flag in sorted(own, key=lambda f: f.name):
+        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+        lines.append(f"  --{flag.name}: {(flag.help or '').splitlines()[0]}{default}")
+    return "\n".join(lines)
+
+
+def _flag_error(err: BaseException) -> str:
+    """One line for a command line that does not parse (a misspelt --config.key included)."""
+    text = str(err)
+    if isinstance(err, AttributeError) or "Did you mean" in text:
+        text = text.strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+        return f"unknown config key: {text}"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as err:
+        cause = err.__cause__ or err.__context__
+        chosen = cause if isinstance(cause, AttributeError) else err
+        print(f"error: {_flag_error(chosen)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(argv: list[str] | None = None):
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] in ("-h", "--help", "help", "--helpfull"):
+    if len(argv) < 2:
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[1] in ("-h", "--help", "help", "--helpfull"):
         print(_usage())
         return 0
     name = argv[1]
@@ -346,6 +399,9 @@ def run(argv: list[str] | None = None):
         return 2
     doc, define_flags, fn = COMMANDS[name]
     define_flags()
+    if any(a in ("-h", "--help") for a in argv[2:]):
+        print(_command_help(name, doc))
+        return 0
     try:
         args = _resolve_config_path(argv[2:])
     except UsageError as err:
@@ -372,7 +428,7 @@ def run(argv: list[str] | None = None):
                 sys.exit(2)
             raise
 
-    app.run(main, argv=[f"jaxface {name}"] + args)
+    app.run(main, argv=[f"jaxface {name}"] + args, flags_parser=_parse_flags)
     return 0
 
 

@@ -27,10 +27,10 @@ def run(workdir: pathlib.Path, quick: bool = False) -> dict:
     from jaxface.cgmm import fit
     from jaxface.data import report
     from jaxface.evaluate import evaluators
-    from jaxface.invert import generate
+    from jaxface.generate import command as generate
     from jaxface.train import trainer
 
-    workdir = pathlib.Path(workdir)
+    workdir = files.as_path(workdir)
     t0 = time.perf_counter()
     outputs: list = []
 

@@ -1,7 +1,11 @@
 """Every file a command writes goes through here: only process 0 writes, and writes are atomic.
 
-Atomic (temporary file + rename) so that an interrupted run never leaves a half-written JSON, PNG or
-CSV where a complete one stood.
+Paths are `etils.epath` paths (`as_path`), so a workdir may be a local folder or any URL the installed
+file systems serve (`gs://bucket/run` on a TPU VM): `pathlib.Path("gs://b/x")` would silently become
+the local path "gs:/b/x". Local writes are atomic (temporary file + rename) so that an interrupted run
+never leaves a half-written JSON, PNG or CSV where a complete one stood; object stores replace an
+object whole, so remote paths are written directly. Files get the usual permissions (0666 less the
+umask), readable by teammates on a shared workdir.
 """
 from __future__ import annotations
 
@@ -13,8 +17,24 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from jaxface.parallel import is_main_process
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """A local path or a URL (gs://, s3://, ...) as an epath.Path; equal to pathlib.Path for local ones."""
+    return epath.Path(path)
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    return "://" not in os.fspath(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _to_jsonable(obj: Any):
@@ -30,22 +50,26 @@ def _to_jsonable(obj: Any):
         return int(obj)
     if isinstance(obj, np.bool_):
         return bool(obj)
-    if isinstance(obj, pathlib.Path):
+    if isinstance(obj, pathlib.PurePath):
         return str(obj)
     if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # jax.Array
         return _to_jsonable(np.asarray(obj))
     return obj
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
-    path = pathlib.Path(path)
+def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:
+    path = as_path(path)
     if not is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_local(path):
+        path.write_bytes(data)
+        return path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the result should not be private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -54,11 +78,11 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
     return path
 
 
-def write_text(path, text: str) -> pathlib.Path:
+def write_text(path, text: str) -> epath.Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path, obj: Any) -> pathlib.Path:
+def write_json(path, obj: Any) -> epath.Path:
     return write_text(path, json.dumps(_to_jsonable(obj), indent=2, allow_nan=True) + "\n")
 
 
@@ -66,20 +90,24 @@ def append_jsonl(path, obj: Any) -> None:
     """Appends one line; a line is small, so an append is effectively atomic."""
     if not is_main_process():
         return
-    path = pathlib.Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(_to_jsonable(obj)) + "\n")
+    line = json.dumps(_to_jsonable(obj)) + "\n"
+    if not is_local(path):  # object stores cannot append: the (small) log is rewritten whole
+        path.write_text((path.read_text() if path.exists() else "") + line)
+        return
+    with path.open("a") as f:
+        f.write(line)
 
 
-def save_figure(path, fig) -> pathlib.Path:
+def save_figure(path, fig) -> epath.Path:
     """A matplotlib figure -> PNG, atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return write_bytes(path, buf.getvalue())
 
 
-def save_image(path, image) -> pathlib.Path:
+def save_image(path, image) -> epath.Path:
     """uint8 or float [0, 1] HWC -> PNG, atomically."""
     from PIL import Image
 
@@ -105,3 +133,63 @@ def image_grid(images, cols: int | None = None, pad: int = 2) -> np.ndarray:
         y, x = pad + r * (h + pad), pad + q * (w + pad)
         grid[y : y + h, x : x + w] = images[i]
     return grid
+
+
+class WorkdirBusyError(ValueError):
+    """Another live process holds the workdir's lock (a user mistake: two commands on one workdir)."""
+
+
+class WorkdirLock:
+    """WORKDIR/.lock, created exclusively and holding "pid@host", for as long as a command writes there:
+    a second command on the same workdir refuses at once instead of both writing checkpoints. A lock
+    left by a process that no longer runs (same host) is taken over. Only process 0 locks; URL workdirs
+    (object stores have no exclusive create) are not locked."""
+
+    NAME = ".lock"
+
+    def __init__(self, workdir):
+        self.path = as_path(workdir) / self.NAME
+        self.held = False
+
+    def __enter__(self):
+        if not is_main_process() or not is_local(self.path):
+            return self
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        owner = f"{os.getpid()}@{socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self.path.read_text().strip() if self.path.exists() else ""
+                if self._stale(holder, socket.gethostname()):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise WorkdirBusyError(
+                    f"{self.path.parent} is in use by process {holder or '?'} (its lock is {self.path}); "
+                    "wait for it to finish, or use another --workdir. If that process is gone, delete the lock"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(owner + "\n")
+            self.held = True
+            return self
+        raise WorkdirBusyError(f"could not take the lock {self.path}")
+
+    @staticmethod
+    def _stale(holder: str, host: str) -> bool:
+        pid, _, owner_host = holder.partition("@")
+        if owner_host != host or not pid.isdigit():
+            return False  # another machine's lock (a shared disk): only its owner can tell
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False

@@ -21,8 +21,10 @@ class Registry(MutableMapping[str, Any]):
     defined next to the table (small builder functions) are held as they are. `register` is the explicit
     way for a user's code to add an entry."""
 
-    def __init__(self, kind: str, entries: Mapping[str, Any], *, error: type[UnknownNameError] = UnknownNameError):
+    def __init__(self, kind: str, entries: Mapping[str, Any], *, error: type[UnknownNameError] = UnknownNameError,
+                 plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"  # as error messages name the valid entries
         self.error = error
         self._entries: dict[str, Any] = {}
         for name, target in entries.items():
@@ -39,10 +41,10 @@ class Registry(MutableMapping[str, Any]):
     def check(self, name: str) -> str:
         """NAME when it is registered, else one UnknownNameError naming the valid names."""
         if name not in self._entries:
-            close = difflib.get_close_matches(str(name), self._entries, n=3)
+            close = difflib.get_close_matches(str(name), self._entries, n=3, cutoff=0.65)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise self.error(
-                f"unknown {self.kind} {name!r}{hint}; valid {self.kind}s are: {', '.join(self._entries)}")
+                f"unknown {self.kind} {name!r}{hint}; valid {self.plural}: {', '.join(self._entries)}")
         return name
 
     def __getitem__(self, name: str) -> Any:
@@ -51,6 +53,9 @@ class Registry(MutableMapping[str, Any]):
             module, attribute = target.split(":")
             target = getattr(importlib.import_module(module), attribute)
         return target
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self._entries else default
 
     def __setitem__(self, name: str, target: Any) -> None:
         if isinstance(target, str) and target.count(":") != 1:

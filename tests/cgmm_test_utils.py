@@ -1,8 +1,6 @@
-"""A tiny trained classifier with a fitted cGMM, built once per test session and shared by
-test_fit_cgmm.py and test_generate.py (training and compiling dominate their run time)."""
+"""Configs of the tiny classifier and cGMM fit that conftest's `cgmm_workdir` fixture builds once per
+test session for test_fit_cgmm.py and test_generate.py (training and compiling dominate their run time)."""
 from jaxface import config as config_lib
-from jaxface.cgmm import fit
-from jaxface.train import trainer
 from trainer_utils import tiny_config
 
 # Few SGD steps; one jitted step in a Python loop for the inversions (the quickest to compile). Every
@@ -13,7 +11,6 @@ GEN_OVERRIDES = {
     "invert.steps": 3, "invert.loop": "python", "invert.max_batch": 8, "invert.jitter": 1,
     "invert.blur_every": 2, "invert.blur_sigma": 0.5,
 }
-_SHARED: dict = {}
 
 
 def classifier_config():
@@ -22,20 +19,3 @@ def classifier_config():
 
 def gen_config(**overrides):
     return config_lib.load_config("configs/generate/synthfaces_tiny.py", {**GEN_OVERRIDES, **overrides})
-
-
-def fitted_workdir(tmp_path_factory):
-    """(workdir, fit result): a classifier trained 3 steps (32 px, width 1/16) and its W/cgmm/.
-
-    min_count=30 of 256 training images excludes the rarest attribute (Gray Hair), so the excluded
-    paths have something to refuse.
-    """
-    if "workdir" not in _SHARED:
-        workdir = tmp_path_factory.getbasetemp() / "cgmm_shared_classifier"
-        workdir.mkdir()
-        cfg = classifier_config()
-        (workdir / "config.json").write_text(cfg.to_json())
-        trainer.train(cfg, workdir)
-        _SHARED["result"] = fit.fit_cgmm_command(gen_config(), workdir)
-        _SHARED["workdir"] = workdir
-    return _SHARED["workdir"], _SHARED["result"]

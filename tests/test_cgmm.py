@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from epath_utils import bucket_on_disk
 from jaxface.cgmm import joint, stats, store, targets, weights
 from jaxface.data.schema import get_schema
 
@@ -441,6 +442,15 @@ def test_store_round_trip(fitted_store, tmp_path):
     assert meta["weights"]["Blurry"] == 0.0
     assert "Blurry" in loaded.summary()
     assert loaded.image_prior is None and meta["image_prior"] is None
+
+
+def test_store_round_trips_through_a_bucket(fitted_store, tmp_path):
+    with bucket_on_disk(tmp_path):
+        paths = store.save_cgmm("gs://bucket/run/cgmm", fitted_store)
+        loaded = store.load_cgmm("gs://bucket/run/cgmm")
+    assert paths["metadata"] == "gs://bucket/run/cgmm/cgmm.json"
+    np.testing.assert_array_equal(loaded.mean, fitted_store.mean)
+    assert (tmp_path / "bucket" / "run" / "cgmm" / "cgmm.npz").exists()
 
 
 def test_store_round_trips_the_image_prior(fitted_store, tmp_path):

@@ -5,6 +5,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test runs `python -m jaxface` in a subprocess
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +30,27 @@ def test_unknown_command_is_one_line():
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: unknown command 'trian'; valid commands: "
                                   "data, train, evaluate, fit-cgmm, generate, predict, convert-weights, bench, demo")
+
+
+def test_no_command_is_a_usage_error_and_command_help_lists_its_flags():
+    bare = _run()
+    assert bare.returncode == 2 and "usage: jaxface <command>" in bare.stderr
+    for flag in ("--help", "-h"):
+        helped = _run("predict", flag)
+        assert helped.returncode == 0, helped.stderr
+        assert "usage: jaxface predict" in helped.stdout
+        for name in ("--workdir", "--output", "--overwrite", "--batch_size"):
+            assert f"  {name}:" in helped.stdout
+
+
+def test_misspelt_config_key_is_one_line_with_the_suggestion(tmp_path):
+    out = _run("train", "--config=configs/attributes/synthfaces_tiny.py", f"--workdir={tmp_path / 'w'}",
+               "--config.num_trian_steps=5")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown config key: 'num_trian_steps' Did you mean \"num_train_steps\" instead of "
+        "\"num_trian_steps\"?"]
+    assert not (tmp_path / "w").exists()
 
 
 def test_data_command_writes_config_summary_and_plots(tmp_path):

@@ -30,3 +30,40 @@ def test_pubfig_config_is_the_reports_setting():
 def test_celeba_config_has_40_attributes():
     cfg = config_lib.load_config("configs/attributes/celeba_vggface.py")
     assert pipeline.schema_for(cfg.data).num_attributes == 40
+
+
+# Where a config's data lives in ../shared/data (configs that need files the user supplies).
+SHARED_ROOTS = {"celeba": "celeba32", "realfake": "realfake"}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.startswith("configs/generate/")])
+def test_config_builds_its_task_model_and_data_source(path):
+    """The task and the model (shapes only, nothing allocated) of every training config, and its data
+    source: rendered ones always, folder ones from ../shared/data where it is present."""
+    import jax
+    from flax import nnx
+
+    from conftest import SHARED_DATA
+    from jaxface.train.tasks.base import get_task
+
+    cfg = config_lib.load_config(path)
+    source = cfg.data.source
+    if source in SHARED_ROOTS and (SHARED_DATA / SHARED_ROOTS[source]).is_dir():
+        with cfg.unlocked():
+            cfg.data.root = str(SHARED_DATA / SHARED_ROOTS[source])
+    readable = source in ("synthfaces", "synthfakes") or cfg.data.get("root") is not None
+    if readable:
+        train = pipeline.build_source(cfg.data, "train")
+        assert len(train) > 0 and ("image" in train[0] or "path" in train[0])
+    elif source in ("realfake", "celeba", "pubfig"):
+        with pytest.raises(pipeline.DataConfigError, match="needs --config.data"):
+            pipeline.build_source(cfg.data, "train")
+    task = get_task(cfg)
+    model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
+    size = int(cfg.model.get("input_size", cfg.data.image_size))
+    out = nnx.eval_shape(lambda m, x: m(x, train=False), model,
+                         jax.ShapeDtypeStruct((2, size, size, 3), jax.numpy.float32))
+    if task.name == "deepfake":
+        assert out.shape == (2, 1)
+    else:
+        assert [o.shape[-1] for o in out] == list(task.schema.head_sizes)

@@ -17,6 +17,8 @@ from jaxface.train import spectrum_fit, trainer
 from jaxface.train.tasks import base as tasks
 from jaxface.train.tasks import deepfake as det_task
 
+pytestmark = pytest.mark.slow  # trains detectors end to end
+
 CONFIG = "configs/detect/synthfakes_mobilenet.py"
 TINY_SUITE = {"jpeg": [50.0], "rotation": [15.0]}
 

@@ -8,12 +8,14 @@ from flax import nnx
 
 from jaxface.cgmm import fit, store
 from jaxface.data import pipeline
-from cgmm_test_utils import classifier_config, fitted_workdir, gen_config
+from cgmm_test_utils import classifier_config, gen_config
+
+pytestmark = pytest.mark.slow  # trains a classifier and fits the cGMM (the session fixture)
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return fitted_workdir(tmp_path_factory)
+def shared(cgmm_workdir):
+    return cgmm_workdir
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,18 @@ from PIL import Image
 from jaxface import files
 from jaxface.data import pipeline
 from jaxface.evaluate import generation
-from jaxface.invert import generate as gen
-from cgmm_test_utils import classifier_config, fitted_workdir
+from jaxface.generate import command as gen
+from jaxface.generate import settings as gen_settings
+from jaxface.generate import targets as gen_targets
+from cgmm_test_utils import classifier_config
+
+pytestmark = pytest.mark.slow  # trains a classifier, fits the cGMM and runs inversions
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(cgmm_workdir):
     """A tiny classifier trained a few steps with a cGMM fitted on it (shared with test_fit_cgmm)."""
-    return fitted_workdir(tmp_path_factory)[0]
+    return cgmm_workdir[0]
 
 
 def read_results(result):
@@ -59,13 +63,13 @@ def test_same_seed_gives_identical_images_and_different_seeds_differ(workdir):
 
 
 def test_sample_targets_vary_by_seed_and_mean_targets_do_not(workdir):
-    ctx = gen.load_context(workdir)
-    names, indices = gen.resolve_set(ctx.store, "Male, Smiling")
-    settings = gen.Settings()
+    ctx = gen_targets.load_context(workdir)
+    names, indices = gen_targets.resolve_set(ctx.store, "Male, Smiling")
+    settings = gen_settings.Settings()
 
     def targets(mode, model, seeds):
-        items = [gen.Item(0, names, indices, s, mode, model, "invert", settings) for s in seeds]
-        return gen.item_targets(ctx, items)
+        items = [gen_targets.Item(0, names, indices, s, mode, model, "invert", settings) for s in seeds]
+        return gen_targets.item_targets(ctx, items)
 
     for model in ("cgmm", "joint"):
         mean = targets("mean", model, [0, 1, 2])
@@ -145,7 +149,7 @@ def test_sweep_groups_equal_settings_into_one_batched_call_and_writes_summaries(
 
 
 def test_user_errors_are_clear(workdir, tmp_path):
-    store = gen.load_context(workdir).store
+    store = gen_targets.load_context(workdir).store
     assert store.excluded, "the fixture's min_count should exclude a rare attribute"
     excluded = store.excluded_names[0]
     cases = [
@@ -166,21 +170,21 @@ def test_user_errors_are_clear(workdir, tmp_path):
         (dict(), r"no attributes given"),
     ]
     for kwargs, pattern in cases:
-        with pytest.raises(gen.GenerateError, match=pattern):
+        with pytest.raises(gen_settings.GenerateError, match=pattern):
             gen.generate_command(workdir, verbose=False, **kwargs)
 
-    with pytest.raises(gen.GenerateError, match=r"no fitted cGMM.*fit-cgmm"):
+    with pytest.raises(gen_settings.GenerateError, match=r"no fitted cGMM.*fit-cgmm"):
         gen.generate_command(tmp_path, attributes="Male", verbose=False)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(gen.GenerateError, match=r"--reconstruct: cannot decode image .*broken.png"):
+    with pytest.raises(gen_settings.GenerateError, match=r"--reconstruct: cannot decode image .*broken.png"):
         gen.generate_command(workdir, reconstruct=str(bad), verbose=False)
-    with pytest.raises(gen.GenerateError, match=r"--reconstruct: cannot decode image .*missing.png"):
+    with pytest.raises(gen_settings.GenerateError, match=r"--reconstruct: cannot decode image .*missing.png"):
         gen.generate_command(workdir, reconstruct=str(tmp_path / "missing.png"), verbose=False)
     face = files.save_image(tmp_path / "face.png", np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(gen.GenerateError, match=r"--layers: unknown or unusable layer 'conv9_9'.*valid: conv1_1"):
+    with pytest.raises(gen_settings.GenerateError, match=r"--layers: unknown or unusable layer 'conv9_9'.*valid: conv1_1"):
         gen.generate_command(workdir, reconstruct=str(face), layers="conv9_9", verbose=False)
-    with pytest.raises(gen.GenerateError, match=r"--layers=.*distinct"):
+    with pytest.raises(gen_settings.GenerateError, match=r"--layers=.*distinct"):
         gen.generate_command(workdir, reconstruct=str(face), layers="conv5_3,conv5_3", verbose=False)
 
     sweeps = [
@@ -195,10 +199,10 @@ def test_user_errors_are_clear(workdir, tmp_path):
     for n, (entries, pattern) in enumerate(sweeps):
         path = tmp_path / f"sweep{n}.json"
         path.write_text(json.dumps(entries))
-        with pytest.raises(gen.GenerateError, match=pattern):
+        with pytest.raises(gen_settings.GenerateError, match=pattern):
             gen.generate_command(workdir, sweep=str(path), verbose=False)
     (tmp_path / "bad.json").write_text("[{")
-    with pytest.raises(gen.GenerateError, match=r"not valid JSON"):
+    with pytest.raises(gen_settings.GenerateError, match=r"not valid JSON"):
         gen.generate_command(workdir, sweep=str(tmp_path / "bad.json"), verbose=False)
 
 
@@ -214,17 +218,17 @@ def test_pca_without_a_fitted_image_prior_is_refused_with_the_remedy(workdir, tm
     fitted = store_lib.load_cgmm(other / "cgmm")
     fitted.image_prior, fitted.image_size = None, None
     store_lib.save_cgmm(other / "cgmm", fitted)
-    with pytest.raises(gen.GenerateError, match=r"param='pca' needs the image prior.*prior_components > 0"):
+    with pytest.raises(gen_settings.GenerateError, match=r"param='pca' needs the image prior.*prior_components > 0"):
         gen.generate_command(other, attributes="Male", num=1, verbose=False)
 
 
 def test_strength_scales_the_targets_departure_from_the_mean_activation(workdir):
-    ctx = gen.load_context(workdir)
-    names, indices = gen.resolve_set(ctx.store, "Male,Smiling")
-    settings = gen.settings_from_config(ctx.config, "invert")
-    items = [gen.Item(0, names, indices, 0, "mean", "cgmm", "invert", settings, strength)
+    ctx = gen_targets.load_context(workdir)
+    names, indices = gen_targets.resolve_set(ctx.store, "Male,Smiling")
+    settings = gen_settings.settings_from_config(ctx.config, "invert")
+    items = [gen_targets.Item(0, names, indices, 0, "mean", "cgmm", "invert", settings, strength)
              for strength in (1.0, 2.0)]
-    base, doubled = gen.item_targets(ctx, items)
+    base, doubled = gen_targets.item_targets(ctx, items)
     mean = np.asarray(ctx.store.overall_mean, np.float32)
     np.testing.assert_allclose(doubled, np.maximum(mean + 2.0 * (base - mean), 0.0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(doubled, base)

@@ -14,6 +14,7 @@ from jaxface.kernels import onednn
 from jaxface.models import layers
 from jaxface.models.vggface import VGGFace
 
+pytestmark = pytest.mark.onednn
 needs_onednn = pytest.mark.skipif(onednn.unavailable_reason() is not None,
                                   reason=f"oneDNN convolution unavailable: {onednn.unavailable_reason()}")
 
@@ -27,9 +28,11 @@ def _relative(a, b):
 
 
 # (batch, size, in, out, stride, padding): VGG's first layer (3 channels, padded blocks), a deep
-# 512-channel layer, odd channels with stride 2 and asymmetric pads, and a 'VALID' 1x1 output.
+# 512-channel layer, odd channels with stride 2 and asymmetric pads, a 'VALID' 1x1 output, and 16
+# channels, which oneDNN's AVX2 kernels take in a blocked layout (its AVX-512 kernels block the others).
 CASES = [
     (4, 16, 3, 64, 1, ((1, 1), (1, 1))),
+    (1, 8, 16, 16, 1, ((1, 1), (1, 1))),
     (2, 4, 512, 512, 1, ((1, 1), (1, 1))),
     (3, 11, 40, 24, 2, ((1, 0), (0, 2))),
     (2, 3, 5, 7, 1, ((0, 0), (0, 0))),

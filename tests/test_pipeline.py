@@ -64,6 +64,28 @@ def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
     assert sorted(seen) == [i for i in range(12) if i not in (2, 5)]
 
 
+def test_an_unreadable_training_split_stops_instead_of_looping(tmp_path):
+    # Every file broken: the endless training sampler would read epoch after epoch for ever.
+    source = PathSource(_write_images(tmp_path, 6, bad=set(range(6))))
+    spec = pipeline.LoaderSpec(batch_size=8, image_size=8, seed=0, train=True, what="the train split")
+    batches = pipeline.ShardedBatches(pipeline.make_loader(source, spec), parallel.make_mesh(), 8)
+    with pytest.raises(pipeline.UnreadableDataError,
+                       match=r"the train split: 6 of the first 6 images could not be read .*first reasons: "):
+        next(batches)
+
+
+def test_a_skip_rate_above_the_limit_is_an_error_below_it_a_warning(tmp_path):
+    paths = _write_images(tmp_path, 16, bad={0, 3, 6, 9, 12, 15})  # 6 of 16 unreadable
+    for fraction, fails in ((0.25, True), (0.5, False)):
+        spec = pipeline.LoaderSpec(batch_size=8, image_size=8, seed=0, train=False, max_skip_fraction=fraction)
+        batches = pipeline.ShardedBatches(pipeline.make_loader(PathSource(paths), spec), parallel.make_mesh(), 8)
+        if fails:
+            with pytest.raises(pipeline.UnreadableDataError, match="max_skip_fraction=0.25"):
+                list(batches)
+        else:
+            assert sum(int(np.asarray(b["valid"]).sum()) for b in batches) == 10
+
+
 def test_strict_mode_raises_on_a_bad_file(tmp_path):
     from jaxface.data.imageio import ImageDecodeError
 

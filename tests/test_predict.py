@@ -12,6 +12,8 @@ from jaxface.data.synthfakes import SynthRealFake
 from jaxface.evaluate import detection, metrics, predict
 from jaxface.train import spectrum_fit, trainer
 
+pytestmark = pytest.mark.slow  # fits a detector and runs the CLI in a subprocess
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
@@ -102,3 +104,28 @@ def test_predict_request_mistakes(setup, tmp_path):
         predict.predict_command(setup, [])
     with pytest.raises(ValueError, match="config.json"):
         trainer.load_for_inference(tmp_path)
+
+
+def test_predict_command_exit_status_and_output_overwrite(workdir, images, tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "jaxface", "predict", f"--workdir={workdir}", *args],
+                              cwd=repo, capture_output=True, text=True, timeout=300)
+
+    out_csv = tmp_path / "out.csv"
+    clean = run(str(images / "single.png"), f"--output={out_csv}")
+    assert clean.returncode == 0, clean.stderr
+    written = out_csv.read_text()
+    refused = run(str(images / "single.png"), f"--output={out_csv}")
+    assert refused.returncode == 2 and "pass --overwrite" in refused.stderr
+    assert out_csv.read_text() == written
+    partial = run(str(images / "single.png"), str(images / "corrupt.jpg"), f"--output={out_csv}", "--overwrite")
+    assert partial.returncode == 3, partial.stderr
+    assert "1 of 2 inputs could not be classified" in partial.stderr
+    assert len([json.loads(line) for line in partial.stdout.splitlines()]) == 2
+    assert len(out_csv.read_text().splitlines()) == 3  # records still written

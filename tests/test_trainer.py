@@ -18,6 +18,8 @@ from jaxface.train import checkpoint, trainer
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from trainer_utils import tiny_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains models and runs the CLI in subprocesses
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -112,19 +114,31 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(tmp_path, sig, status):
     proc = subprocess.Popen(_cli(tmp_path, 100000), cwd=REPO, env=dict(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:
         if line.startswith("step 2/") or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "SIGTERM: saved checkpoint step" in out
-    step = int(out.split("SIGTERM: saved checkpoint step ")[1].split()[0])
+    assert proc.returncode == status, out
+    assert "KeyboardInterrupt" not in out and "Traceback" not in out
+    assert f"{sig.name}: saved checkpoint step" in out
+    step = int(out.split(f"{sig.name}: saved checkpoint step ")[1].split()[0])
     assert step in [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_a_run_that_fails_validation_leaves_config_json_as_it_was(tmp_path):
+    first = subprocess.run(_cli(tmp_path, 3), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = (tmp_path / "config.json").read_text()
+    wider = subprocess.run(_cli(tmp_path, 6, extra=("--config.model.width=0.125",)), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert wider.returncode == 2 and "but the model has" in wider.stderr
+    assert (tmp_path / "config.json").read_text() == before
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):

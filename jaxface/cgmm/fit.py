@@ -54,7 +54,7 @@ class FitConfigError(ValueError):
 def classifier_workdir(config, workdir) -> pathlib.Path:
     """generate.classifier_workdir, or the workdir itself when it is empty."""
     path = str(config.generate.get("classifier_workdir", "") or "")
-    return pathlib.Path(path) if path else pathlib.Path(workdir)
+    return files.as_path(path) if path else files.as_path(workdir)
 
 
 _SETUPS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
@@ -66,7 +66,8 @@ def load_classifier(path: pathlib.Path):
     The last two are cached per (directory, checkpoint step): building and restoring the model costs
     seconds, and the jitted functions built on a cached model are reused by later calls.
     """
-    path = pathlib.Path(path).absolute()
+    path = files.as_path(path)
+    path = path.absolute() if files.is_local(path) else path
     key = (str(path), checkpoint_step(path))
     if key[1] is not None and key in _SETUPS:
         _SETUPS.move_to_end(key)
@@ -103,7 +104,7 @@ def _load_classifier(path: pathlib.Path):
 def checkpoint_step(path: pathlib.Path) -> int | None:
     """The latest checkpoint step in WORKDIR/checkpoints (None when there is none), from the directory
     names alone (opening an orbax manager here would be slow and may tidy the directory)."""
-    directory = pathlib.Path(path) / "checkpoints"
+    directory = files.as_path(path) / "checkpoints"
     steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()] \
         if directory.is_dir() else []
     return max(steps) if steps else None
@@ -268,7 +269,7 @@ def fit_cgmm(config, workdir) -> dict:
     """Fit everything (see the module docstring); returns store, mean image and a report dict."""
     s = _settings(config)
     check_layer_name(s["layer"])
-    workdir = pathlib.Path(workdir)
+    workdir = files.as_path(workdir)
     cls_dir = classifier_workdir(config, workdir)
     setup = load_classifier(cls_dir)
     try:
@@ -460,13 +461,13 @@ def fit_cgmm_command(config, workdir) -> dict:
         raise FitConfigError(
             "the config has no 'generate' section: use a generation config such as "
             "configs/generate/synthfaces_tiny.py")
-    workdir = pathlib.Path(workdir)
+    workdir = files.as_path(workdir)
     result = fit_cgmm(config, workdir)
     directory = workdir / CGMM_DIR
     outputs = []
     if parallel.is_main_process():
         written = store_lib.save_cgmm(directory, result["store"])
-        outputs += [pathlib.Path(written["arrays"]), pathlib.Path(written["metadata"])]
+        outputs += [files.as_path(written["arrays"]), files.as_path(written["metadata"])]
     outputs.append(files.write_text(directory / CONFIG_FILE, config.to_json_best_effort(indent=2)))
     outputs.append(files.save_image(directory / MEAN_IMAGE_FILE, result["mean_image"]))
     text = summary_text(result, directory)
@@ -476,10 +477,10 @@ def fit_cgmm_command(config, workdir) -> dict:
 
 def load_generate_config(workdir) -> ml_collections.ConfigDict:
     """The config saved by fit-cgmm (W/cgmm/config.json)."""
-    path = pathlib.Path(workdir) / CGMM_DIR / CONFIG_FILE
+    path = files.as_path(workdir) / CGMM_DIR / CONFIG_FILE
     if not path.is_file():
         raise store_lib.CGMMStoreError(
-            f"no fitted cGMM in {pathlib.Path(workdir)}: {path} is missing; run "
+            f"no fitted cGMM in {files.as_path(workdir)}: {path} is missing; run "
             "`jaxface fit-cgmm --config=configs/generate/synthfaces_tiny.py --workdir=W` first")
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))

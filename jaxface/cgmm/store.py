@@ -7,15 +7,16 @@ temporary name and renamed, so a crash never leaves a half-written model behind.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
-import pathlib
 import zipfile
 from typing import Any
 
 import numpy as np
 
+from jaxface import files
 from jaxface.cgmm.joint import JointModel
 from jaxface.data.schema import Schema, get_schema
 from jaxface.cgmm.image_prior import ImagePrior
@@ -131,15 +132,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_cgmm(directory: str | os.PathLike, store: CGMMStore) -> dict[str, str]:
     """Write `directory/cgmm.npz` and `directory/cgmm.json`; returns their paths."""
-    directory = pathlib.Path(directory)
+    directory = files.as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = dict(
         mean=np.asarray(store.mean, np.float32),
@@ -182,18 +177,17 @@ def save_cgmm(directory: str | os.PathLike, store: CGMMStore) -> dict[str, str]:
     npz_path = directory / ARRAYS_FILE
     json_path = directory / METADATA_FILE
 
-    def write_npz(tmp: pathlib.Path):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic_write(npz_path, write_npz)
-    _atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2)))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    # arrays first, metadata last: a store whose metadata exists is complete
+    files.write_bytes(npz_path, buffer.getvalue())
+    files.write_text(json_path, json.dumps(metadata, indent=2))
     return dict(arrays=str(npz_path), metadata=str(json_path))
 
 
 def load_cgmm(directory: str | os.PathLike) -> CGMMStore:
     """Read a directory written by save_cgmm; any missing or damaged piece raises CGMMStoreError."""
-    directory = pathlib.Path(directory)
+    directory = files.as_path(directory)
     json_path = directory / METADATA_FILE
     npz_path = directory / ARRAYS_FILE
     hint = "fit one first (`jaxface fit-cgmm --config=... --workdir=W` writes W/cgmm/)"
@@ -212,7 +206,7 @@ def load_cgmm(directory: str | os.PathLike) -> CGMMStore:
             f"(found {metadata.get('format_version') if isinstance(metadata, dict) else type(metadata).__name__})"
         )
     try:
-        with np.load(npz_path, allow_pickle=False) as npz:
+        with npz_path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise CGMMStoreError(f"cannot read {npz_path}: corrupt array file ({e})") from None

@@ -20,6 +20,7 @@ from absl import logging
 from jaxface import parallel
 from jaxface.config import option
 from jaxface.data.schema import Schema, get_schema
+from jaxface.registry import Registry, UnknownNameError
 
 SPLITS = ("train", "val", "test")
 ATTRIBUTE_SOURCES = ("synthfaces", "celeba", "celeba_tfds", "pubfig")
@@ -35,6 +36,16 @@ class DataConfigError(ValueError):
     """A data section of a config that cannot describe a dataset."""
 
 
+class UnreadableDataError(DataConfigError):
+    """Too many images of a split could not be decoded."""
+
+
+# More than this fraction of unreadable images among the first SKIP_CHECK_READS reads of a split stops
+# the run (data.max_skip_fraction; 1.0 only warns).
+DEFAULT_MAX_SKIP_FRACTION = 0.5
+SKIP_CHECK_READS = 64
+
+
 
 def _require(cfg, key: str, source: str) -> str:
     value = option(cfg, key)
@@ -47,65 +58,96 @@ def _split_seed(base: int, split: str) -> int:
     return int(base) * 4 + SPLITS.index(split)
 
 
+def _rendered_size(data_cfg) -> int:
+    return int(option(data_cfg, "render_size", option(data_cfg, "image_size", 64)))
+
+
+def _schema_option(data_cfg, default: str):
+    schema = option(data_cfg, "schema", None)
+    return (schema.to_dict() if hasattr(schema, "to_dict") else schema) or default
+
+
+# One builder per data.source: builder(data_cfg, split, seed, split_fractions) -> source.
+def _synthfaces(data_cfg, split, seed, fractions):
+    from jaxface.data.synthfaces import SynthFaces
+
+    rates = option(data_cfg, "attribute_rates", None)
+    rates = rates.to_dict() if hasattr(rates, "to_dict") else rates
+    return SynthFaces(int(option(data_cfg, f"num_{split}", 1000)), resolution=_rendered_size(data_cfg),
+                      seed=_split_seed(seed, split), attribute_rates=rates or None)
+
+
+def _synthfakes(data_cfg, split, seed, fractions):
+    from jaxface.data.synthfakes import SynthRealFake
+
+    return SynthRealFake(
+        int(option(data_cfg, f"num_{split}", 1000)), resolution=_rendered_size(data_cfg),
+        seed=_split_seed(seed, split),
+        generators=tuple(option(data_cfg, "generators", ("upsample", "faceswap"))),
+        exclude_generators=tuple(option(data_cfg, f"exclude_generators_{split}", ())),
+    )
+
+
+def _celeba(data_cfg, split, seed, fractions):
+    from jaxface.data import sources
+
+    return sources.CelebAFolder(_require(data_cfg, "root", "celeba"), split=split,
+                                schema=_schema_option(data_cfg, "celeba40"), split_fractions=fractions,
+                                seed=seed)
+
+
+def _celeba_tfds(data_cfg, split, seed, fractions):
+    from jaxface.data import sources
+
+    return sources.TFDSCelebA({"val": "validation"}.get(split, split),
+                              data_dir=option(data_cfg, "tfds_data_dir"),
+                              schema=_schema_option(data_cfg, "celeba40"))
+
+
+def _pubfig(data_cfg, split, seed, fractions):
+    from jaxface.data import sources
+
+    return sources.PubFigAttributes(
+        _require(data_cfg, "attributes_file", "pubfig"), _require(data_cfg, "root", "pubfig"),
+        schema=_schema_option(data_cfg, "pubfig73"),
+        path_pattern=option(data_cfg, "path_pattern", "{person_}/{person_}_{imagenum:04d}.jpg"),
+        bbox_file=option(data_cfg, "bbox_file"),
+    )
+
+
+def _realfake(data_cfg, split, seed, fractions):
+    from jaxface.data import sources
+
+    return sources.RealFakeFolder(_require(data_cfg, "root", "realfake"), split=split,
+                                  split_fractions=fractions, seed=seed)
+
+
+def _manifest(data_cfg, split, seed, fractions):
+    from jaxface.data import sources
+
+    return sources.ManifestSource(_require(data_cfg, "manifest", "manifest"), split=split,
+                                  split_fractions=fractions, seed=seed)
+
+
+class UnknownSourceError(DataConfigError, UnknownNameError):
+    """data.source names no source."""
+
+
+# The builders import their source module when called: rendering sources need no file-reading code
+# (and TFDS) loaded, and start-up stays fast.
+SOURCE_BUILDERS = Registry("data.source", {
+    "synthfaces": _synthfaces, "celeba": _celeba, "celeba_tfds": _celeba_tfds, "pubfig": _pubfig,
+    "synthfakes": _synthfakes, "realfake": _realfake, "manifest": _manifest,
+}, error=UnknownSourceError, plural="sources")
+
+
 def build_source(data_cfg, split: str):
     """A random-access source for one split, from a config's data section."""
     if split not in SPLITS + ("all",):
         raise DataConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    kind = option(data_cfg, "source", "synthfaces")
-    seed = int(option(data_cfg, "seed", 0))
-    fractions = tuple(option(data_cfg, "split_fractions", (0.8, 0.1, 0.1)))
-    if kind == "synthfaces":
-        from jaxface.data.synthfaces import SynthFaces
-
-        rates = option(data_cfg, "attribute_rates", None)
-        rates = rates.to_dict() if hasattr(rates, "to_dict") else rates
-        return SynthFaces(
-            int(option(data_cfg, f"num_{split}", 1000)),
-            resolution=int(option(data_cfg, "render_size", option(data_cfg, "image_size", 64))),
-            seed=_split_seed(seed, split),
-            attribute_rates=rates or None,
-        )
-    if kind == "synthfakes":
-        from jaxface.data.synthfakes import SynthRealFake
-
-        generators = tuple(option(data_cfg, "generators", ("upsample", "faceswap")))
-        return SynthRealFake(
-            int(option(data_cfg, f"num_{split}", 1000)),
-            resolution=int(option(data_cfg, "render_size", option(data_cfg, "image_size", 64))),
-            seed=_split_seed(seed, split),
-            generators=generators,
-            exclude_generators=tuple(option(data_cfg, f"exclude_generators_{split}", ())),
-        )
-    from jaxface.data import sources
-
-    schema = option(data_cfg, "schema", None)
-    schema = schema.to_dict() if hasattr(schema, "to_dict") else schema
-    if kind == "celeba":
-        return sources.CelebAFolder(
-            _require(data_cfg, "root", kind), split=split, schema=schema or "celeba40",
-            split_fractions=fractions, seed=seed,
-        )
-    if kind == "celeba_tfds":
-        return sources.TFDSCelebA(
-            {"val": "validation"}.get(split, split), data_dir=option(data_cfg, "tfds_data_dir"),
-            schema=schema or "celeba40",
-        )
-    if kind == "pubfig":
-        return sources.PubFigAttributes(
-            _require(data_cfg, "attributes_file", kind), _require(data_cfg, "root", kind),
-            schema=schema or "pubfig73",
-            path_pattern=option(data_cfg, "path_pattern", "{person_}/{person_}_{imagenum:04d}.jpg"),
-            bbox_file=option(data_cfg, "bbox_file"),
-        )
-    if kind == "realfake":
-        return sources.RealFakeFolder(
-            _require(data_cfg, "root", kind), split=split, split_fractions=fractions, seed=seed,
-        )
-    if kind == "manifest":
-        return sources.ManifestSource(
-            _require(data_cfg, "manifest", kind), split=split, split_fractions=fractions, seed=seed,
-        )
-    raise DataConfigError(f"unknown data.source {kind!r}; valid sources: {', '.join(SOURCES)}")
+    builder = SOURCE_BUILDERS[option(data_cfg, "source", "synthfaces")]
+    return builder(data_cfg, split, int(option(data_cfg, "seed", 0)),
+                   tuple(option(data_cfg, "split_fractions", (0.8, 0.1, 0.1))))
 
 
 def schema_for(data_cfg) -> Schema:
@@ -126,11 +168,27 @@ class DecodeAndResize(grain.transforms.Map):
     paths and a running count are logged, so a long run never dies on one bad file (unless strict).
     """
 
-    def __init__(self, image_size: int, strict: bool = False, max_logged: int = 5):
+    def __init__(self, image_size: int, strict: bool = False, max_logged: int = 5, *,
+                 max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, min_reads: int = SKIP_CHECK_READS,
+                 what: str = "the data"):
         self.image_size = int(image_size)
         self.strict = strict
         self.max_logged = max_logged
+        self.max_skip_fraction = float(max_skip_fraction)
+        self.min_reads = max(int(min_reads), 1)
+        self.what = what
         self.num_bad = 0
+        self.num_read = 0
+        self.reasons: list[str] = []
+
+    def _check_skip_rate(self) -> None:
+        """Too many unreadable files is an error, not a warning: an all-unreadable training split would
+        otherwise be read epoch after epoch for ever without producing a batch."""
+        if self.num_read >= self.min_reads and self.num_bad > self.max_skip_fraction * self.num_read:
+            raise UnreadableDataError(
+                f"{self.what}: {self.num_bad} of the first {self.num_read} images could not be read (more "
+                f"than data.max_skip_fraction={self.max_skip_fraction:g}); first reasons: "
+                + "; ".join(self.reasons) + ". Fix or remove those files, or point data.root elsewhere")
 
     def map(self, record: dict) -> dict:
         from jaxface.data import imageio
@@ -147,10 +205,17 @@ class DecodeAndResize(grain.transforms.Map):
         except imageio.ImageDecodeError as err:
             if self.strict:
                 raise
+            self.num_read += 1
             self.num_bad += 1
+            if len(self.reasons) < 3:
+                self.reasons.append(str(err))
+            self._check_skip_rate()
             if self.num_bad <= self.max_logged or self.num_bad % 1000 == 0:
                 logging.warning("skipping unreadable image (%d so far): %s", self.num_bad, err)
             return {"_bad": True}
+        self.num_read += 1
+        if self.num_bad:
+            self._check_skip_rate()  # reads finish in any order across reader threads
         h, w = image.shape[:2]
         out = {k: np.asarray(record[k]) for k in _ARRAY_FIELDS if k in record and k != "image"}
         if image.shape[:2] != (self.image_size, self.image_size) or crop is not None:
@@ -206,6 +271,8 @@ class LoaderSpec:
     train: bool = True
     worker_count: int = 0
     strict: bool = False
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION
+    what: str = "the data"  # names the split in errors
     augment: Any = None  # a grain transform applied after resizing (training only)
     read_threads: int = FILE_READ_THREADS  # grain's reader threads per process
 
@@ -220,7 +287,9 @@ def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
         len(source), shard_options=shard, shuffle=spec.train,
         num_epochs=None if spec.train else 1, seed=spec.seed,
     )
-    ops: list = [DecodeAndResize(spec.image_size, spec.strict), DropBad(), StripFlags()]
+    decode = DecodeAndResize(spec.image_size, spec.strict, max_skip_fraction=spec.max_skip_fraction,
+                             min_reads=min(SKIP_CHECK_READS, len(source)), what=spec.what)
+    ops: list = [decode, DropBad(), StripFlags()]
     if spec.train and spec.augment is not None:
         ops.append(spec.augment)
     ops.append(grain.transforms.Batch(per_process, drop_remainder=spec.train))
@@ -290,6 +359,8 @@ def loader_spec_from_config(config, split: str, training: bool | None = None) ->
         train=train,
         worker_count=int(option(data, "worker_count", 0)),
         strict=bool(option(data, "strict", False)),
+        max_skip_fraction=float(option(data, "max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION)),
+        what=f"the {split} split of data.source={option(data, 'source', 'synthfaces')!r}",
         read_threads=read_threads,
     )
 

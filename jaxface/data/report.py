@@ -1,7 +1,6 @@
 """`jaxface data`: dataset summary (sizes per split, per-attribute positive rates) and preview grids."""
 from __future__ import annotations
 
-import pathlib
 
 import numpy as np
 
@@ -43,7 +42,7 @@ def attribute_report(config, workdir, num_preview: int = 16) -> dict:
     train = pipeline.build_source(data_cfg, "train")
     attrs, mask = pipeline.attribute_table(train)
     rates, labelled = pipeline.positive_rates(attrs, mask)
-    out_dir = pathlib.Path(workdir) / "data"
+    out_dir = files.as_path(workdir) / "data"
     records, bad = _preview_records(config, train, num_preview)
     captions = []
     for r in records:
@@ -84,7 +83,7 @@ def detection_report(config, workdir, num_preview: int = 16, augment=None) -> di
     names = list(train.generator_names)
     gen_ids = np.array([int(train[i]["generator_id"]) for i in range(len(train))])
     counts = {names[g]: int((gen_ids == g).sum()) for g in range(len(names))}
-    out_dir = pathlib.Path(workdir) / "data"
+    out_dir = files.as_path(workdir) / "data"
     # Interleave classes so the preview shows both real and fake faces.
     order = np.concatenate([np.flatnonzero(gen_ids == g)[: max(1, num_preview // len(names))]
                             for g in range(len(names))])

@@ -27,6 +27,7 @@ from jaxface.data.synthfaces import (
     SynthFaces,
     face_coordinates,
 )
+from jaxface.registry import Registry
 
 # Stream tags: the assignment of items to real/generators and each generator's per-item randomness
 # come from streams independent of the faces' own (seed, index) streams.
@@ -67,16 +68,13 @@ class GeneratorContext:
 
 
 GeneratorFn = Callable[[np.random.Generator, int, int, GeneratorContext], np.ndarray]
-GENERATORS: dict[str, GeneratorFn] = {}
 
 
 def register_generator(name: str, fn: GeneratorFn, *, overwrite: bool = False) -> None:
     """Add a fake-image generator: fn(rng, index, resolution, context) -> uint8 (R, R, 3)."""
-    if not overwrite and name in GENERATORS:
-        raise ValueError(f"a generator named {name!r} is already registered")
     if name == "real":
         raise ValueError("'real' names the real class; choose another generator name")
-    GENERATORS[name] = fn
+    GENERATORS.register(name, fn, overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------------ upsample
@@ -196,8 +194,7 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return sum(k * padded[:, j : j + w] for j, k in enumerate(kernel))
 
 
-register_generator("upsample", upsample_generator)
-register_generator("faceswap", faceswap_generator)
+GENERATORS = Registry("generator", {"upsample": upsample_generator, "faceswap": faceswap_generator})
 
 
 # ------------------------------------------------------------------------------------- dataset

@@ -2,7 +2,6 @@
 matrices of the softmax groups."""
 from __future__ import annotations
 
-import pathlib
 
 import numpy as np
 
@@ -13,7 +12,7 @@ def report(setup, outputs: dict, metrics: dict, out_dir) -> tuple[dict, str, lis
     """metrics.json, per_attribute.csv, the accuracy chart and a confusion matrix per softmax group.
     -> (metrics, printable table, written paths)"""
     s = setup.task.schema
-    out_dir = pathlib.Path(out_dir)
+    out_dir = files.as_path(out_dir)
     written = [files.write_json(out_dir / "metrics.json", metrics)]
     pos_rate = (outputs["attributes"] * outputs["attribute_mask"]).sum(0) / np.maximum(
         outputs["attribute_mask"].sum(0), 1)

@@ -76,7 +76,7 @@ def write_predictions_csv(path, outputs: dict, generator_names: Sequence[str], k
 def write_report(out_dir, outputs: dict, metrics: dict, generator_names: Sequence[str], *,
                  title: str, keys: Sequence[str] | None = None) -> tuple[str, list]:
     """metrics.json + predictions.csv + confusion matrix, ROC, per-generator and robustness plots."""
-    out_dir = pathlib.Path(out_dir)
+    out_dir = files.as_path(out_dir)
     written = [files.write_json(out_dir / "metrics.json", metrics)]
     written.append(write_predictions_csv(out_dir / "predictions.csv", outputs, generator_names, keys))
     m = metrics
@@ -114,7 +114,7 @@ def _evaluate_option(config, key: str, default):
 
 def read_calibration(workdir, step: int | None) -> dict | None:
     """W/calibration.json when it was written for checkpoint STEP (the one being used), else None."""
-    path = pathlib.Path(workdir) / CALIBRATION_FILE
+    path = files.as_path(workdir) / CALIBRATION_FILE
     if not path.exists():
         return None
     try:
@@ -143,7 +143,7 @@ def calibrate(setup, *, split: str = "val") -> dict:
         cal = {"threshold_logit": 0.0, "method": "fixed", "num_examples": 0,
                "note": f"no usable {split} split ({err}); kept p=0.5"}
     cal.update(split=split, threshold=float(sigmoid(cal["threshold_logit"])), step=setup.step)
-    files.write_json(pathlib.Path(setup.workdir) / CALIBRATION_FILE, cal)
+    files.write_json(files.as_path(setup.workdir) / CALIBRATION_FILE, cal)
     return cal
 
 

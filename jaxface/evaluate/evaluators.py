@@ -6,11 +6,10 @@ evaluation sits above training in the layering and takes whatever model it is ha
 """
 from __future__ import annotations
 
-import pathlib
 
 import jax
 
-from jaxface import parallel
+from jaxface import files, parallel
 from jaxface.data import pipeline
 from jaxface.registry import Registry
 
@@ -35,7 +34,7 @@ def predict_source(setup, source, split: str = "test") -> dict:
 def evaluate_split(setup, split: str = "test", out_dir=None) -> dict:
     """`jaxface evaluate`: the setup's model on a split of its config's data -> OUT_DIR (default
     WORKDIR/eval): metrics, CSV, plots. -> dict(metrics, text, outputs)"""
-    out_dir = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(setup.workdir) / "eval"
+    out_dir = files.as_path(out_dir) if out_dir is not None else files.as_path(setup.workdir) / "eval"
     source = pipeline.build_source(setup.config.data, split)
     outputs = predict_source(setup, source, split)
     metrics = setup.task.summarize(outputs)

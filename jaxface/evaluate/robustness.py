@@ -197,7 +197,7 @@ def write_outputs(out_dir, results: dict, *, title: str = "") -> list[pathlib.Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = pathlib.Path(out_dir)
+    out_dir = files.as_path(out_dir)
     buf = io.StringIO()
     buf.write("perturbation,strength,auc,accuracy,ap,eer,n\n")
     clean = results["clean"]

@@ -19,7 +19,6 @@ and use `evaluate_on_folder` (`jaxface evaluate --data_root=...`) on a folder of
 from __future__ import annotations
 
 import math
-import pathlib
 from typing import Sequence
 
 import ml_collections
@@ -48,7 +47,7 @@ def held_out_config(config, generator: str):
 def leave_one_generator_out(config, workdir, generators: Sequence[str] | None = None, *,
                             robustness: bool = False) -> dict:
     """Runs the protocol; writes WORKDIR/logo_summary.json and logo.png. -> dict(rows, text, outputs)."""
-    workdir = pathlib.Path(workdir)
+    workdir = files.as_path(workdir)
     if config.data.get("source") != "synthfakes":
         raise LogoError(
             f"leave-one-generator-out needs data.source='synthfakes' (got {config.data.get('source')!r}); for "

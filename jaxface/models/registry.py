@@ -12,7 +12,6 @@ architecture-specific options (e.g. `batch_norm` for VGG, `stochastic_depth`, ex
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from typing import Callable
@@ -20,11 +19,12 @@ from typing import Callable
 from flax import nnx
 
 from jaxface.models import convnext, efficientnet, layers, mobilenetv3, resnet, spectrum, vgg
+from jaxface.registry import Registry, UnknownNameError
 
 MIN_INPUT_SIZE = 32  # five stride-2 reductions (ConvNeXt's 4x4 stem + three 2x2 downsamples also need 32)
 
 
-class UnknownDetectorError(ValueError):
+class UnknownDetectorError(UnknownNameError):
     """A detector name that is not in DETECTORS."""
 
 
@@ -48,7 +48,7 @@ def _spectrum(*, num_outputs, width, depth, dropout, rngs, **kwargs):
 
 _spectrum.options_of = spectrum.SpectrumDetector
 
-DETECTORS: dict[str, Callable[..., nnx.Module]] = {
+DETECTORS = Registry("detector", {
     "mobilenetv3_small": _cnn(mobilenetv3.MobileNetV3, "small"),
     "mobilenetv3_large": _cnn(mobilenetv3.MobileNetV3, "large"),
     "resnet18": _cnn(resnet.ResNet, "resnet18"),
@@ -59,7 +59,7 @@ DETECTORS: dict[str, Callable[..., nnx.Module]] = {
     **{name: _cnn(efficientnet.EfficientNet, name) for name in efficientnet.COMPOUND_COEFFICIENTS},
     "vgg16": _cnn(vgg.VGG, "vgg16"),
     "spectrum": _spectrum,
-}
+}, error=UnknownDetectorError, plural="detectors are")
 _FIXED_ARGS = {"self", "variant", "num_outputs", "width", "depth", "dropout", "rngs"}
 
 
@@ -68,10 +68,6 @@ def detector_names() -> tuple[str, ...]:
 
 
 def _check_name(name: str) -> Callable[..., nnx.Module]:
-    if name not in DETECTORS:
-        close = difflib.get_close_matches(str(name), DETECTORS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownDetectorError(f"unknown detector {name!r}{hint}; valid detectors are: {', '.join(DETECTORS)}")
     return DETECTORS[name]
 
 

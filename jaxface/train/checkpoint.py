@@ -7,16 +7,12 @@ checkpoint is unreadable is an error, never a silent restart from scratch.
 """
 from __future__ import annotations
 
-import pathlib
-import shutil
-from typing import Any
-
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
+from jaxface import files
 from jaxface.train.optim import path_to_str
 
 CHECKPOINT_DIR = "checkpoints"
@@ -51,10 +47,12 @@ def _abstract(tree):
 
 
 def manager(workdir, *, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
-    directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    workdir = files.as_path(workdir)
+    # orbax wants an absolute directory; a URL (gs://...) already is one
+    directory = (workdir.absolute() if files.is_local(workdir) else workdir) / CHECKPOINT_DIR
     if not create and not directory.exists():
         raise CheckpointError(
-            f"no checkpoints in {pathlib.Path(workdir)}: expected {directory} (run `jaxface train` first)"
+            f"no checkpoints in {files.as_path(workdir)}: expected {directory} (run `jaxface train` first)"
         )
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, cleanup_tmp_directories=True)
     handlers = {
@@ -107,21 +105,21 @@ def _check_shapes(mngr, step: int, item: str, target) -> None:
 
 
 def _move_aside(mngr, step: int) -> None:
-    src = pathlib.Path(mngr.directory) / str(step)
-    dst_dir = pathlib.Path(mngr.directory).parent / "checkpoints_corrupt"
+    src = files.as_path(mngr.directory) / str(step)
+    dst_dir = files.as_path(mngr.directory).parent / "checkpoints_corrupt"
     dst_dir.mkdir(exist_ok=True)
     dst = dst_dir / str(step)
     if dst.exists():
-        shutil.rmtree(dst)
+        dst.rmtree()
     if src.exists():
-        shutil.move(str(src), str(dst))
+        src.rename(dst)
     mngr.reload()
 
 
 def restore_latest(mngr, *, model_state, opt_state=None, data_iterator=None) -> dict | None:
     """Restores the newest readable step; None when the workdir has no checkpoint at all."""
     steps = sorted(mngr.all_steps(), reverse=True)
-    corrupt = pathlib.Path(mngr.directory).parent / "checkpoints_corrupt"
+    corrupt = files.as_path(mngr.directory).parent / "checkpoints_corrupt"
     if not steps and corrupt.is_dir() and any(corrupt.iterdir()):
         raise CheckpointError(
             f"{mngr.directory.parent} has only unreadable checkpoints (in {corrupt}); refusing to "
@@ -145,10 +143,12 @@ def restore_latest(mngr, *, model_state, opt_state=None, data_iterator=None) -> 
         except CheckpointError:
             raise
         except Exception as err:  # noqa: BLE001 - any read failure means this step is unusable
-            logging.error("checkpoint step %d in %s is unreadable (%s); trying an older one",
-                          step, mngr.directory, err)
-            print(f"warning: checkpoint step {step} is unreadable ({type(err).__name__}: {err}); "
-                  f"moved to checkpoints_corrupt/ and trying the previous one")
+            older = [s for s in steps if s < step]
+            # One line: orbax/TensorStore errors carry pages of spec; their first line says why.
+            reason = (str(err).strip().splitlines() or [""])[0][:160]
+            print(f"warning: checkpoint step {step} is unreadable ({type(err).__name__}: {reason}); moved "
+                  f"to {corrupt / str(step)}; "
+                  + (f"using step {older[0]}" if older else "no older checkpoint"))
             errors.append((step, err))
             _move_aside(mngr, step)
             continue

@@ -6,7 +6,6 @@ that `jaxface evaluate` and `jaxface predict` use it like any trained detector.
 """
 from __future__ import annotations
 
-import pathlib
 
 import jax
 import numpy as np
@@ -23,7 +22,7 @@ from jaxface.train.tasks.base import TaskConfigError
 def fit_spectrum(config, workdir) -> dict:
     """Fits the 'spectrum' detector's logistic regression exactly on the training split (no
     augmentation) and saves it as the trainer's checkpoint at step config.num_train_steps."""
-    workdir = pathlib.Path(workdir)
+    workdir = files.as_path(workdir)
     if option(config.model, "name") != "spectrum":
         raise TaskConfigError(
             f"the closed-form fit is for model.name='spectrum', not {option(config.model, 'name')!r}")

@@ -105,7 +105,7 @@ def load_for_inference(workdir, config=None) -> Setup:
 
     import ml_collections
 
-    workdir = pathlib.Path(workdir)
+    workdir = files.as_path(workdir)
     if config is None:
         path = workdir / "config.json"
         if not path.exists():
@@ -164,25 +164,33 @@ def make_predict_step(task, model_def):
 
 # ------------------------------------------------------------------------------------------ train
 class _Preemption:
-    """SIGTERM (a TPU preemption notice) asks the loop to checkpoint and exit cleanly."""
+    """SIGTERM (a TPU preemption notice) and the first Ctrl-C (SIGINT) ask the loop to finish the step,
+    checkpoint and exit cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested: str | None = None  # the name of the signal that asked
+        self._previous: dict = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. under a test runner thread)
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. under a test runner thread)
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # the next Ctrl-C is not caught: it aborts
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again aborts at once)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _Log:
@@ -227,8 +235,17 @@ class _Log:
             self.writer.close()
 
 
-def train(config, workdir) -> dict:
-    workdir = pathlib.Path(workdir)
+def train(config, workdir, on_start=None) -> dict:
+    """Trains (or resumes) the config's task in WORKDIR, holding WORKDIR/.lock so that a second run on
+    the same workdir refuses instead of writing beside it. `on_start()` runs once everything has been
+    checked (config values, data source, checkpoint compatibility) and before the first step: the CLI
+    writes config.json there, so a command that fails validation leaves the workdir as it was.
+    -> dict(step, outputs, model_state, interrupted: None or the signal's name)"""
+    with files.WorkdirLock(workdir):
+        return _train(config, files.as_path(workdir), on_start)
+
+
+def _train(config, workdir, on_start) -> dict:
     setup = build(config)
     task, mesh, model, model_def, model_state = (setup.task, setup.mesh, setup.model, setup.model_def,
                                                  setup.model_state)
@@ -263,7 +280,10 @@ def train(config, workdir) -> dict:
         model_state = nnx.state(model)
         print(f"initialised {len(loaded)} arrays from {config.model.init_from}")
 
+    if on_start is not None:
+        on_start()
     log = _Log(workdir, num_steps, start)
+    interrupted = None
     outputs: list = []
     step = start
     last_t, last_step = time.perf_counter(), start
@@ -320,14 +340,16 @@ def train(config, workdir) -> dict:
                                     data_iterator=train_batches._iter, force=True)
                 if preemption.requested:
                     mngr.wait_until_finished()
-                    print(f"SIGTERM: saved checkpoint step {step} in {mngr.directory}; exiting")
+                    interrupted = preemption.requested
+                    print(f"{interrupted}: saved checkpoint step {step} in {mngr.directory}; exiting "
+                          "(run the same command again to resume)", flush=True)
                     break
     finally:
         mngr.wait_until_finished()
         log.close()
     nnx.update(model, model_state)
     outputs += [workdir / "metrics.jsonl", mngr.directory]
-    return {"step": step, "outputs": outputs, "model_state": model_state}
+    return {"step": step, "outputs": outputs, "model_state": model_state, "interrupted": interrupted}
 
 
 def _evaluate_split(config, task, predict, model_state, mesh, split):

@@ -1,0 +1,109 @@
+"""Rendering items through the inversion library and scoring the images with the classifier."""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface.cgmm import fit as fit_lib
+from jaxface.evaluate import generation as metrics
+from jaxface.generate.classifier import classify_images, classify_targets
+from jaxface.generate.settings import GenerateError, Settings
+from jaxface.generate.targets import Context, Item, head_targets, item_targets
+from jaxface.invert import render
+
+
+# Fixed base key: per-image randomness comes from the image's seed, folded in as its item id.
+_RENDER_KEY = 0
+
+
+# ------------------------------------------------------------------------------------ rendering
+def render_kwargs(ctx: Context, settings: Settings, seeds: Sequence[int], progress) -> dict:
+    init_image = ctx.mean_image if settings.init == "mean" else None
+    if settings.param == "pca" and ctx.store.image_prior is None:
+        raise GenerateError(
+            f"param='pca' needs the image prior, which the fitted model in {ctx.workdir / fit_lib.CGMM_DIR} "
+            "lacks: rerun fit-cgmm with generate.prior_components > 0, or choose param 'fft' or 'pixels'")
+    return dict(
+        key=jax.random.key(_RENDER_KEY), steps=settings.steps, size=ctx.clf.input_size,
+        param=settings.param, pixel_mode=settings.pixel_mode if settings.param == "pixels" else "sigmoid",
+        decay_power=settings.decay_power, init_image=init_image, noise_std=settings.noise_std,
+        image_prior=ctx.store.image_prior if settings.param == "pca" else None,
+        prior_weight=settings.prior_weight,
+        item_ids=np.asarray(seeds, np.uint32), lr=settings.lr, optimizer=settings.optimizer,
+        momentum=settings.momentum, jitter=settings.jitter, pad=settings.pad,
+        scales=settings.scales or None, rotate_degrees=settings.rotate_degrees,
+        blur_every=settings.blur_every, blur_sigma=settings.blur_sigma,
+        tv_weight=settings.tv_weight, l2_weight=settings.l2_weight, range_weight=settings.range_weight,
+        loop=settings.loop, chunk=settings.chunk or None, mesh=ctx.clf.setup.mesh, progress=progress,
+    )
+
+
+def progress_printer(label: str, total: int, verbose: bool):
+    if not verbose:
+        return None
+    start = time.perf_counter()
+
+    def report(step: int, values: dict) -> None:
+        obj = np.asarray(values["objective"])
+        print(f"  {label}: step {step}/{total} objective mean {float(np.mean(obj)):.4f} "
+              f"({time.perf_counter() - start:.0f}s)", flush=True)
+
+    return report
+
+
+def render_items(ctx: Context, items: Sequence[Item], *, verbose: bool = True, label: str = "") -> dict:
+    """Run items that share method and settings, in chunks of max_batch; -> images, objective, error."""
+    settings, method = items[0].settings, items[0].method
+    assert all(i.settings == settings and i.method == method for i in items)
+    images, objective, targets = [], [], []
+    for start in range(0, len(items), settings.max_batch):
+        chunk = list(items[start : start + settings.max_batch])
+        seeds = [i.seed for i in chunk]
+        tag = f"{label or method} [{start + 1}-{start + len(chunk)} of {len(items)}]"
+        kwargs = render_kwargs(ctx, settings, seeds, progress_printer(tag, settings.steps, verbose))
+        t = item_targets(ctx, chunk)
+        try:
+            if method == "invert":
+                result = render.invert(ctx.clf.feature_model, jnp.asarray(t), **kwargs)
+            else:
+                schema = ctx.store.schema
+                heads = np.stack([head_targets(schema, i.indices) for i in chunk])
+                result = render.class_visualize(ctx.clf.heads_model, heads, head_mode=settings.head_mode, **kwargs)
+        except (render.RenderError, ValueError) as e:
+            raise GenerateError(f"cannot run the inversion with these settings: {e}") from None
+        images.append(result.images)
+        objective.append(result.objective)
+        targets.append(t)
+    return dict(images=np.concatenate(images), objective=np.concatenate(objective), targets=np.concatenate(targets))
+
+
+def evaluate_items(ctx: Context, items: Sequence[Item], rendered: dict) -> list[dict]:
+    """One results.json record per image (see the module docstring of jaxface.evaluate.generation)."""
+    feats, probs, detected = classify_images(ctx.clf, rendered["images"])
+    errors = metrics.feature_errors(feats, rendered["targets"])
+    hits = metrics.hit_rates(detected, [i.indices for i in items])
+    target_probs, _ = classify_targets(ctx.clf, rendered["targets"])
+    names = ctx.store.schema.attribute_names
+    records = []
+    for row, item in enumerate(items):
+        settings = dict(method=item.method, model=item.model, mode=item.mode, strength=item.strength,
+                        layer=ctx.store.layer, **item.settings.as_dict())
+        if item.method == "classvis":
+            settings["feature_error_reference"] = f"mean target of the {item.model} model"
+        records.append(dict(
+            set=item.set_index,
+            attributes=item.names,
+            seed=item.seed,
+            settings=settings,
+            objective=float(rendered["objective"][row]),
+            feature_error=float(errors[row]),
+            attribute_probs={names[i]: float(probs[row, i]) for i in item.indices},
+            detected={names[i]: bool(detected[row, i]) for i in item.indices},
+            hit_rate=float(hits[row]),
+            target_attribute_probs={names[i]: float(target_probs[row, i]) for i in item.indices},
+        ))
+    return records
