@@ -129,3 +129,21 @@ def test_pytorch_reference_under_a_python_without_torch_is_a_clear_error():
         pytest.skip("this Python has torch: the reference would run")
     with pytest.raises(common.BenchError, match=r"PyTorch reference failed under .*No module named 'torch'"):
         inversion_bench.torch_reference(sys.executable, ["tiny"], steps=1, repeats=1)
+
+
+def test_training_on_an_unreadable_folder_stops_at_once_and_leaves_no_workdir(tmp_path):
+    for label in ("real", "fake"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(12):
+            (tmp_path / "data" / label / f"{i}.jpg").write_bytes(b"not a jpeg")
+    workdir = tmp_path / "run"
+    out = _run("train", "--config=configs/detect/realfake_resnet18.py", f"--workdir={workdir}",
+               f"--config.data.root={tmp_path / 'data'}", "--config.model.width=0.125",
+               "--config.model.input_size=32", "--config.data.image_size=32", "--config.batch_size=8")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    import re
+
+    assert re.search(r"error: the train split of data\.source='realfake': (\d+) of the first \1 images could "
+                     r"not be read", out.stderr), out.stderr
+    assert "not a recognised image format" in out.stderr
+    assert not workdir.exists()

@@ -241,8 +241,16 @@ def train(config, workdir, on_start=None) -> dict:
     checked (config values, data source, checkpoint compatibility) and before the first step: the CLI
     writes config.json there, so a command that fails validation leaves the workdir as it was.
     -> dict(step, outputs, model_state, interrupted: None or the signal's name)"""
-    with files.WorkdirLock(workdir):
-        return _train(config, files.as_path(workdir), on_start)
+    workdir = files.as_path(workdir)
+    created = [p for p in (workdir, workdir / checkpoint.CHECKPOINT_DIR) if not p.exists()]
+    try:
+        with files.WorkdirLock(workdir):
+            return _train(config, workdir, on_start)
+    except BaseException:
+        for path in reversed(created):  # leave no empty folder behind a run that never started
+            if files.is_local(path) and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
 
 
 def _train(config, workdir, on_start) -> dict:
@@ -280,6 +288,9 @@ def _train(config, workdir, on_start) -> dict:
         model_state = nnx.state(model)
         print(f"initialised {len(loaded)} arrays from {config.model.init_from}")
 
+    # The first batch is read before anything is written: unreadable data fails here, with the workdir
+    # as it was. It is the first step's batch, so the data order is unchanged.
+    first_batch = next(train_batches) if start < num_steps else None
     if on_start is not None:
         on_start()
     log = _Log(workdir, num_steps, start)
@@ -309,7 +320,7 @@ def _train(config, workdir, on_start) -> dict:
     try:
         with _Preemption() as preemption, jax.set_mesh(mesh):
             while step < num_steps:
-                batch = next(train_batches)
+                batch, first_batch = (first_batch if first_batch is not None else next(train_batches)), None
                 model_state, opt_state, metrics = train_step(model_state, opt_state, batch)
                 step += 1
                 pending.append(metrics)
