@@ -169,7 +169,7 @@ def cmd_generate(argv):
 
 
 def cmd_bench(argv):
-    """Benchmark suites (train, inversion, cgmm, data, all): prints a table, writes JSON records."""
+    """Benchmark suites (train, inversion, cgmm, data, serve, all): prints a table, writes JSON records."""
     from jaxface import files
     from jaxface.bench import suites
 
@@ -268,7 +268,7 @@ def _flags_generate():
 
 
 def _flags_bench():
-    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | all")
+    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | serve | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
     flags.DEFINE_boolean("quick", False, "Smaller cases (a smoke run).")
     flags.DEFINE_string("torch_python", None, "A Python interpreter with torch: the inversion suite then "

@@ -63,14 +63,14 @@ def _server_class():
 
 def serve_command(workdir, *, host: str = "127.0.0.1", port: int = 8000, generator_workdir=None,
                   options: ServeOptions | None = None, access_log: bool = False) -> int:
+    if not workdir:
+        raise ServeOptionError(NO_WORKDIR)
+    options = (options or ServeOptions()).validate()
     import uvicorn
 
     from jaxface.serve import app as app_lib
     from jaxface.serve import engine
 
-    if not workdir:
-        raise ServeOptionError(NO_WORKDIR)
-    options = (options or ServeOptions()).validate()
     workdir = pathlib.Path(workdir)
     engine.check_detector_workdir(workdir)
     if generator_workdir is not None:
