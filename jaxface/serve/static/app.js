@@ -70,6 +70,13 @@ function setUpDetection() {
 
 async function detect(file) {
   showError($("detect-error"), "");
+  const limit = model ? model.limits.max_upload_bytes : null;
+  if (limit && file.size > limit) {  // say so at once instead of uploading what the server refuses
+    const mb = (n) => (n / 1048576).toFixed(1);
+    showError($("detect-error"), `${file.name} is ${mb(file.size)} MB; this server accepts up to ${mb(limit)} MB per image`);
+    show($("detect-result"), false);
+    return;
+  }
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
