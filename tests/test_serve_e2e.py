@@ -179,6 +179,18 @@ def test_serve_command_mistakes_are_one_line(server, tmp_path_factory):
                                  generator_workdir=detector_workdir(tmp_path_factory))
 
 
+def test_a_model_that_fails_to_load_stops_the_command_with_its_reason(tmp_path, tmp_path_factory):
+    from jaxface.serve import server as server_lib
+    from jaxface.serve.options import ServeOptionError
+
+    # Passes the quick checks (a detector config, a checkpoint directory) but the checkpoint is empty:
+    # the failure comes from the background load, and the command must still end with its reason.
+    shutil.copy(detector_workdir(tmp_path_factory) / "config.json", tmp_path / "config.json")
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    with pytest.raises(ServeOptionError, match="could not load the models: every checkpoint .* is unreadable"):
+        server_lib.serve_command(tmp_path, port=0)
+
+
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(server):
     body, ctype = loadgen.multipart("file", "face.png", encode(face_images(1, resolution=96)[0]), "image/png")
     head = (f"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
