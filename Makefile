@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-fast install kernels clean
+.PHONY: demo test test-fast install kernels browser clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onednn]'
+	$(PY) -m pip install --quiet -e '.[dev,onednn,serve]'
 	touch $(STAMP)
 
 # Optional native convolution (jaxface/kernels/onednn.py): built when missing or its source changed;
@@ -23,7 +23,19 @@ install: kernels
 demo: kernels
 	$(PY) -m jaxface demo --workdir=$(WORKDIR)
 
-test: kernels
+# The browser test (tests/test_serve_e2e.py) drives the system chromium through Playwright (never
+# `playwright install`: no browser downloads). Installs Debian's chromium when missing and apt-get can
+# run (root, or sudo without a password); otherwise it says so and that test skips.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "browser: no chromium and no apt-get; the browser test will skip"; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "browser: apt-get install chromium failed; the browser test will skip"; \
+	elif sudo -n true 2>/dev/null; then (sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null) \
+	  || echo "browser: apt-get install chromium failed; the browser test will skip"; \
+	else echo "browser: chromium missing and apt-get needs root; the browser test will skip"; fi
+
+test: kernels browser
 	$(PY) -m pytest -q tests
 
 # The unmarked tests only (no subprocess/end-to-end, real-data or oneDNN tests): a quick check while editing.

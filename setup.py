@@ -33,7 +33,12 @@ setup(
             "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
             "onednn-devel-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+        # jaxface serve; httpx for FastAPI's TestClient, playwright (driving the system chromium, no browser
+        # download) for the browser test; uvloop/httptools make uvicorn's per-request overhead smaller.
+        "serve": [
+            "fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.18", "prometheus-client>=0.20",
+            "httpx>=0.27", "playwright>=1.40", "httptools>=0.6", "uvloop>=0.19; sys_platform != 'win32'",
+        ],
     },
     entry_points={"console_scripts": ["jaxface=jaxface.cli:run"]},
 )

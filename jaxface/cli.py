@@ -177,7 +177,7 @@ def cmd_generate(argv):
 
 
 def cmd_bench(argv):
-    """Benchmark suites (train, inversion, cgmm, data, all): prints a table, writes JSON records."""
+    """Benchmark suites (train, inversion, cgmm, data, serve, all): prints a table, writes JSON records."""
     from jaxface import files
     from jaxface.bench import suites
 
@@ -230,6 +230,24 @@ def cmd_demo(argv):
     demo.run(_workdir(), quick=FLAGS.quick)
 
 
+def cmd_serve(argv):
+    """Serve the detector (and a fitted generator) over HTTP: a web page, a JSON API and metrics."""
+    from jaxface.serve import options as options_lib
+    from jaxface.serve import server
+
+    if len(argv) > 1:
+        raise UsageError(f"jaxface serve takes no positional arguments, got {' '.join(argv[1:])!r}")
+    if not FLAGS.max_upload_mb > 0:
+        raise UsageError(f"--max_upload_mb must be > 0, got {FLAGS.max_upload_mb}")
+    options = options_lib.ServeOptions(
+        max_batch=FLAGS.max_batch, batch_wait_ms=FLAGS.batch_wait_ms, max_queue=FLAGS.max_queue,
+        max_upload_bytes=int(FLAGS.max_upload_mb * 1024 * 1024), max_pixels=FLAGS.max_pixels,
+        min_side=FLAGS.min_side, uncertain_band=FLAGS.uncertain_band,
+        max_generate_steps=FLAGS.max_generate_steps, generate_steps=FLAGS.generate_steps)
+    server.serve_command(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port,
+                         generator_workdir=FLAGS.generator_workdir, options=options, access_log=FLAGS.access_log)
+
+
 def _flags_data():
     _define_common(config_required=True)
     flags.DEFINE_boolean("augment", False, "Also write a grid of augmented samples (detection data).")
@@ -270,7 +288,7 @@ def _flags_generate():
 
 
 def _flags_bench():
-    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | all")
+    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | serve | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
     flags.DEFINE_boolean("quick", False, "Smaller cases (a smoke run).")
     flags.DEFINE_string("torch_python", None, "A Python interpreter with torch: the inversion suite then "
@@ -291,6 +309,29 @@ def _flags_convert():
     flags.DEFINE_boolean("overwrite", False, "Replace DST if it exists.")
 
 
+def _flags_serve():
+    from jaxface.serve.options import ServeOptions
+
+    d = ServeOptions()
+    flags.DEFINE_string("workdir", None, "Workdir of a trained detector (latest checkpoint, calibration.json).")
+    flags.DEFINE_string("generator_workdir", None, "Workdir with a fitted cGMM (jaxface fit-cgmm); default: "
+                        "--workdir when it holds one.")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback unless told otherwise).")
+    flags.DEFINE_integer("port", 8000, "Port (0: any free port, printed at start).")
+    flags.DEFINE_integer("max_batch", d.max_batch, "Images per batched detector call (1: no micro-batching).")
+    flags.DEFINE_float("batch_wait_ms", d.batch_wait_ms, "How long an image waits for others to share its batch.")
+    flags.DEFINE_integer("max_queue", d.max_queue, "Images waiting for the detector before 503 (Retry-After).")
+    flags.DEFINE_float("max_upload_mb", d.max_upload_bytes / 2**20, "Largest accepted upload per file (MB).")
+    flags.DEFINE_integer("max_pixels", d.max_pixels, "Largest accepted width x height (checked before decoding).")
+    flags.DEFINE_integer("min_side", d.min_side, "Smallest accepted image side in pixels.")
+    flags.DEFINE_float("uncertain_band", d.uncertain_band, "Label 'uncertain' when |p_fake - threshold| is "
+                       "below this (0: off).")
+    flags.DEFINE_integer("max_generate_steps", d.max_generate_steps, "Cap on a generate request's steps.")
+    flags.DEFINE_integer("generate_steps", d.generate_steps, "Default steps of a generate request "
+                         "(0: the fitted config's, capped); compiled at start-up.")
+    flags.DEFINE_boolean("access_log", False, "Log one line per request (method, path, status; never image content).")
+
+
 def _flags_demo():
     flags.DEFINE_string("workdir", "runs/demo", "Directory for the demo outputs.")
     flags.DEFINE_boolean("quick", False, "A much shorter run (smoke test).")
@@ -306,6 +347,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "convert-weights": (cmd_convert_weights.__doc__, _flags_convert, cmd_convert_weights),
     "bench": (cmd_bench.__doc__, _flags_bench, cmd_bench),
     "demo": (cmd_demo.__doc__, _flags_demo, cmd_demo),
+    "serve": (cmd_serve.__doc__, _flags_serve, cmd_serve),
 }
 
 
@@ -346,6 +388,14 @@ def _faster_without_ynn(name: str) -> bool:
     """Does this command spend its time in convolutions that run faster with parallel.VGG_CPU_XLA_FLAGS?"""
     if name in ("fit-cgmm", "generate", "bench", "demo"):
         return True
+    if name == "serve":  # the detector's own config, saved in its workdir
+        import json
+
+        try:
+            saved = json.loads((pathlib.Path(FLAGS.workdir) / "config.json").read_text()) if FLAGS.workdir else {}
+        except (OSError, ValueError):
+            return False  # the command itself reports a missing or unreadable workdir
+        return saved.get("model", {}).get("name") in _NO_YNN_MODELS
     if name in ("train", "evaluate"):
         try:
             config = _config(required=False)

@@ -73,4 +73,5 @@ def run(workdir: pathlib.Path, quick: bool = False) -> dict:
     _banner(f"done in {time.perf_counter() - t0:.0f} s; results")
     for p in outputs + [attr_dir / "checkpoints", det_dir / "checkpoints"]:
         print(f"  {p}")
+    print(f"\nserve the detector and the generator: jaxface serve --workdir={det_dir} --generator_workdir={attr_dir}")
     return {"outputs": outputs, "attributes": ev["metrics"], "detection": det["metrics"]}

@@ -21,7 +21,8 @@ def _run(*args, cwd=REPO):
 def test_help_lists_every_command():
     out = _run("--help")
     assert out.returncode == 0
-    for command in ("data", "train", "evaluate", "fit-cgmm", "generate", "predict", "convert-weights", "bench", "demo"):
+    for command in ("data", "train", "evaluate", "fit-cgmm", "generate", "predict", "convert-weights", "bench", "demo",
+                    "serve"):
         assert f"  {command} " in out.stdout
 
 
@@ -29,7 +30,8 @@ def test_unknown_command_is_one_line():
     out = _run("trian")
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: unknown command 'trian'; valid commands: "
-                                  "data, train, evaluate, fit-cgmm, generate, predict, convert-weights, bench, demo")
+                                  "data, train, evaluate, fit-cgmm, generate, predict, convert-weights, bench, demo, "
+                                  "serve")
 
 
 def test_no_command_is_a_usage_error_and_command_help_lists_its_flags():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-SUITE_NAMES = ("train", "inversion", "cgmm", "data")
+SUITE_NAMES = ("train", "inversion", "cgmm", "data", "serve")
 
 
 def _train(quick: bool, torch_python: str | None = None) -> list[dict]:
@@ -42,9 +42,17 @@ def _data(quick: bool, torch_python: str | None = None) -> list[dict]:
     return [dict(r, **env) for r in records]
 
 
+def _serve(quick: bool, torch_python: str | None = None) -> list[dict]:
+    from jaxface.bench import serve_bench
+
+    records = serve_bench.run(quick=quick)
+    serve_bench.summary(records)
+    return records
+
+
 # Each suite takes (quick, torch_python); only the inversion suite has a PyTorch reference.
 SUITES: dict[str, Callable[..., list[dict]]] = {
-    "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data,
+    "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data, "serve": _serve,
 }
 
 
