@@ -73,6 +73,7 @@ def reference(problem):
     return _invert(problem)
 
 
+@pytest.mark.slow
 def test_reconstruction_reduces_normalised_feature_error(problem):
     weights, _, targets = problem
     key = jax.random.key(3)
@@ -142,6 +143,7 @@ def test_seeds_reproduce_and_differ(problem, reference):
     assert np.abs(reference.images[0] - reference.images[1]).mean() > 1e-3
 
 
+@pytest.mark.slow
 def test_loop_forms_agree(problem, reference):
     for loop in ("python", "scan"):
         result = _invert(problem, loop=loop)
@@ -161,6 +163,7 @@ def test_loop_forms_agree(problem, reference):
         assert render.resolve_loop("auto") == "unrolled"
 
 
+@pytest.mark.slow
 def test_sharded_over_eight_devices_equals_one_device(problem, reference):
     assert jax.device_count() == 8, "tests/conftest.py should give 8 simulated CPU devices"
     mesh8 = jax.make_mesh((8,), ("data",))
@@ -173,6 +176,7 @@ def test_sharded_over_eight_devices_equals_one_device(problem, reference):
     assert [s for s, _ in seen] == [3, 6] and seen[-1][1]["objective"].shape == (4,)
 
 
+@pytest.mark.slow
 def test_blur_every_k_reduces_high_frequency_energy(problem, reference):
     no_blur = _invert(problem, blur_every=0)
     assert np.all(_high_frequency_energy(reference.images) < 0.5 * _high_frequency_energy(no_blur.images))
@@ -248,6 +252,7 @@ def test_pca_parameterisation_round_trips_and_starts_from_the_prior(prior):
     np.testing.assert_allclose(one[0], noisy[7], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pca_inversion_with_its_prior_matches_features_and_shards(problem, prior):
     prior, _ = prior
     weights, images, targets = problem
@@ -281,6 +286,7 @@ def _head_logits(module, images):
     return module(images)
 
 
+@pytest.mark.slow
 def test_class_visualisation_pushes_chosen_heads():
     model = _TinyClassifier((3, 2), nnx.Rngs(0))
     mean_image = np.full((SIZE, SIZE, 3), 0.45, np.float32)

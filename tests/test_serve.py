@@ -25,6 +25,8 @@ from jaxface.serve import engine as engine_lib
 from jaxface.serve.options import ServeOptionError, ServeOptions
 from serve_test_utils import detector_workdir, encode, face_images
 
+pytestmark = pytest.mark.slow  # builds the shared classifier and cGMM, then a server engine
+
 OPTIONS = ServeOptions(min_side=32, max_generate_steps=6)
 
 
