@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import socket
 import tempfile
 from typing import Any
 
@@ -154,8 +155,6 @@ class WorkdirLock:
     def __enter__(self):
         if not is_main_process() or not is_local(self.path):
             return self
-        import socket
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         owner = f"{os.getpid()}@{socket.gethostname()}"
         for _ in range(2):

@@ -89,9 +89,11 @@ class Connection:
         return Response(status, headers, body, seconds)
 
 
-async def run(host: str, port: int, requests: Sequence[Request], concurrency: int) -> tuple[list[Response], float]:
+async def run(host: str, port: int, requests: Sequence[Request], concurrency: int,
+              deadline_s: float | None = None) -> tuple[list[Response], float]:
     """Sends every request once over `concurrency` keep-alive connections; -> (responses in request
-    order, wall seconds). A request whose connection fails is retried once on a new connection."""
+    order, wall seconds). A request whose connection fails is retried once on a new connection. With
+    `deadline_s` the run is bounded in time: past it, TimeoutError says how many were answered."""
     raw = [r.encode(host, port) for r in requests]
     responses: list[Response | None] = [None] * len(raw)
     next_index = 0
@@ -112,12 +114,17 @@ async def run(host: str, port: int, requests: Sequence[Request], concurrency: in
             await conn.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(max(1, int(concurrency)))))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(max(1, int(concurrency))))), deadline_s)
+    except asyncio.TimeoutError:
+        answered = sum(r is not None for r in responses)
+        raise TimeoutError(f"{answered} of {len(raw)} requests answered within {deadline_s:g} s") from None
     return responses, time.perf_counter() - start
 
 
-def run_sync(host: str, port: int, requests: Sequence[Request], concurrency: int) -> tuple[list[Response], float]:
-    return asyncio.run(run(host, port, requests, concurrency))
+def run_sync(host: str, port: int, requests: Sequence[Request], concurrency: int,
+             deadline_s: float | None = None) -> tuple[list[Response], float]:
+    return asyncio.run(run(host, port, requests, concurrency, deadline_s))
 
 
 def get(host: str, port: int, path: str) -> Response:
