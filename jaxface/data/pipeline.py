@@ -377,6 +377,15 @@ def batches(config, split: str, mesh, *, source=None, augment=None, training: bo
     return ShardedBatches(make_loader(source, spec), mesh, spec.batch_size)
 
 
+def predictions(config, split: str, mesh, predict, state, *, source) -> dict:
+    """predict(state, batch) over one ordered pass of `source` -> host numpy outputs of its readable
+    records (every process's rows); an error when none could be read."""
+    outputs = parallel.gather_outputs(predict, state, batches(config, split, mesh, source=source, training=False))
+    if not outputs:
+        raise DataConfigError(f"the {split} split yielded no readable image")
+    return outputs
+
+
 def attribute_table(source) -> tuple[np.ndarray, np.ndarray]:
     """All labels of an attribute source, (N, K) attributes and mask, without decoding images."""
     if hasattr(source, "sample_attributes"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxface import files, parallel
+from jaxface import files
 from jaxface.data import pipeline
 from jaxface.registry import Registry
 
@@ -24,11 +24,8 @@ def predict_source(setup, source, split: str = "test") -> dict:
     """The task's per-example outputs (host numpy, valid examples only) on every readable record of
     `source`; an error when none could be read."""
     with jax.set_mesh(setup.mesh):
-        batches = pipeline.batches(setup.config, split, setup.mesh, source=source, training=False)
-        outputs = parallel.gather_outputs(setup.predict, setup.model_state, batches)
-    if not outputs:
-        raise pipeline.DataConfigError(f"the {split} split yielded no readable image")
-    return outputs
+        return pipeline.predictions(setup.config, split, setup.mesh, setup.predict, setup.model_state,
+                                    source=source)
 
 
 def evaluate_split(setup, split: str = "test", out_dir=None) -> dict:

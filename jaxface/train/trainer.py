@@ -367,8 +367,4 @@ def _evaluate_split(config, task, predict, model_state, mesh, split):
     source = pipeline.build_source(config.data, split)
     if len(source) == 0:
         return {}
-    outputs = parallel.gather_outputs(
-        predict, model_state, pipeline.batches(config, split, mesh, source=source, training=False))
-    if not outputs:
-        raise pipeline.DataConfigError(f"the {split} split yielded no readable image")
-    return task.summarize(outputs)
+    return task.summarize(pipeline.predictions(config, split, mesh, predict, model_state, source=source))
