@@ -36,7 +36,7 @@ browser:
 	else echo "browser: chromium missing and apt-get needs root; the browser test will skip"; fi
 
 test: kernels browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # The unmarked tests only (no subprocess/end-to-end, real-data or oneDNN tests): a quick check while editing.
 test-fast: kernels

@@ -27,6 +27,14 @@ def test_pubfig_config_is_the_reports_setting():
     assert fc6.model.input_size == 224 and pipeline.schema_for(fc6.data).num_heads == 42
 
 
+@pytest.mark.parametrize("path", ["configs/attributes/pubfig_vggface.py", "configs/attributes/celeba_vggface.py"])
+def test_configs_for_published_weights_keep_the_published_architecture(path):
+    # The converter's weights load only into VGG-Face without normalisation and with a flattened fc6 input.
+    cfg = config_lib.load_config(path)
+    assert cfg.model.preprocess == "vggface"
+    assert cfg.model.get("norm", "none") == "none" and cfg.model.get("fc6_input", "flatten") == "flatten"
+
+
 def test_celeba_config_has_40_attributes():
     cfg = config_lib.load_config("configs/attributes/celeba_vggface.py")
     assert pipeline.schema_for(cfg.data).num_attributes == 40

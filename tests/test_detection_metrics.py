@@ -103,3 +103,27 @@ def test_detection_metrics_per_generator_and_missing_class():
 def test_sigmoid_is_stable():
     np.testing.assert_allclose(D.sigmoid([-800.0, 0.0, 800.0]), [0.0, 0.5, 1.0])
     assert D.sigmoid(30.0) < 1.0  # float64: confident fakes stay distinguishable
+
+
+def test_a_calibration_from_another_checkpoint_or_unreadable_is_never_used(tmp_path, caplog):
+    import json
+    import logging
+
+    from jaxface.evaluate import detection
+
+    assert detection.read_calibration(tmp_path, 100) is None  # none written: no warning
+    path = tmp_path / detection.CALIBRATION_FILE
+    path.write_text(json.dumps({"threshold_logit": 0.7, "threshold": 0.668, "method": "eer", "step": 100}))
+    assert detection.read_calibration(tmp_path, 100)["threshold_logit"] == 0.7
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert detection.read_calibration(tmp_path, 200) is None
+        path.write_text('{"threshold_logit": ')
+        assert detection.read_calibration(tmp_path, 100) is None
+        path.write_text('{"step": 100}')
+        assert detection.read_calibration(tmp_path, 100) is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3
+    assert "written for checkpoint step 100, the model in use is step 200" in messages[0]
+    assert all(str(path) in m for m in messages)
+    assert "not a readable calibration" in messages[1] and "KeyError" in messages[2]

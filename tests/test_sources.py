@@ -555,3 +555,31 @@ def test_shared_realfake(shared_data):
     ok, bad = sources.scan_images(val)
     assert len(ok) == len(val) and bad == []
     assert imageio.decode_image(val[0]["path"]).shape == (300, 300, 3)
+
+
+def test_data_summary_counts_unreadable_files_apart(tmp_path):
+    from jaxface import config as config_lib
+    from jaxface.data import pipeline, report
+
+    root = tmp_path / "data"
+    _write_realfake(root, n_real=20, gens=(("stylegan", 20),))
+    (root / "real" / "empty.jpg").write_bytes(b"")
+    (root / "fake" / "stylegan" / "text.png").write_bytes(b"not a png")
+    cfg = config_lib.load_config("configs/detect/realfake_resnet18.py", {"data.root": str(root)})
+    result = report.detection_report(cfg, tmp_path / "w", num_preview=4)
+    summary = result["summary"]
+    assert sum(summary["num_images"].values()) == 40  # the readable ones only
+    assert sum(summary["num_unreadable"].values()) == 2
+    assert len(summary["unreadable_reasons"]) == 2
+    assert any("empty.jpg" in r and "empty" in r for r in summary["unreadable_reasons"])
+    assert "unreadable, skipped:" in result["text"].splitlines()[0]
+    (root / "real" / "empty.jpg").unlink()
+    (root / "fake" / "stylegan" / "text.png").unlink()
+    clean = report.detection_report(cfg, tmp_path / "w2", num_preview=4)
+    assert sum(clean["summary"]["num_unreadable"].values()) == 0
+    assert "unreadable" not in clean["text"]
+    for path in root.rglob("*.*"):
+        if path.suffix.lower() in (".jpg", ".png", ".jpeg", ".bmp", ".webp", ".tif"):
+            path.write_bytes(b"broken")
+    with pytest.raises(pipeline.UnreadableDataError, match="none of the dataset's .* files could be read"):
+        report.detection_report(cfg, tmp_path / "w3", num_preview=4)

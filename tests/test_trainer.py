@@ -38,16 +38,20 @@ def test_overfits_a_tiny_batch(tmp_path):
     assert losses[-1] < 0.3 * losses[0], losses
 
 
-def test_frozen_layers_stay_bit_identical(tmp_path):
-    cfg = tiny_config(freeze_below="fc6", num_train_steps=3)
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_frozen_layers_stay_bit_identical(tmp_path, norm):
+    # With batch norm, the frozen layers' running statistics are frozen too; those above still update.
+    cfg = tiny_config(freeze_below="conv5_1", num_train_steps=3, **{"model.norm": norm})
     initial = _params(trainer.build(cfg).model_state)
     final = _params(trainer.train(cfg, tmp_path)["model_state"])
-    conv = [k for k in initial if "conv" in k]
-    assert conv
-    for k in conv:
+    frozen = [k for k in initial if any(f"{kind}{b}_" in k for kind in ("conv", "norm") for b in (1, 2, 3, 4))]
+    assert frozen
+    assert any("norm" in k and "mean" in k for k in frozen) == (norm == "batch")
+    for k in frozen:
         np.testing.assert_array_equal(initial[k], final[k], err_msg=k)
-    changed = [k for k in initial if ("fc6" in k or "heads" in k) and not np.array_equal(initial[k], final[k])]
-    assert changed
+    trained = [k for k in initial if ("5_" in k or "fc6" in k or "heads" in k)]
+    unchanged = [k for k in trained if np.array_equal(initial[k], final[k])]
+    assert trained and not unchanged, unchanged
 
 
 def test_unknown_freeze_layer_lists_valid_layers(tmp_path):
@@ -55,12 +59,20 @@ def test_unknown_freeze_layer_lists_valid_layers(tmp_path):
         trainer.train(tiny_config(freeze_below="conv9_9"), tmp_path)
 
 
-def test_step_on_8_devices_matches_1_device(tmp_path):
-    one = trainer.train(tiny_config(**{"mesh.num_devices": 1, "num_train_steps": 3}), tmp_path / "one")
-    eight = trainer.train(tiny_config(**{"mesh.num_devices": 8, "num_train_steps": 3}), tmp_path / "eight")
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_step_on_8_devices_matches_1_device(tmp_path, norm):
+    # Batch norm's statistics are over the global batch whichever way the batch is sharded.
+    one = trainer.train(tiny_config(**{"mesh.num_devices": 1, "num_train_steps": 3, "model.norm": norm}),
+                        tmp_path / "one")
+    eight = trainer.train(tiny_config(**{"mesh.num_devices": 8, "num_train_steps": 3, "model.norm": norm}),
+                          tmp_path / "eight")
     a, b = _params(one["model_state"]), _params(eight["model_state"])
+    # Batch norm's statistics sum over 8 shards in another order; Adam divides every gradient by its
+    # own scale, so an entry whose gradient is near zero moves by a slightly different fraction of a
+    # step (at most ~7e-5 of 3 steps of 2e-3 here).
+    atol = 1e-5 if norm == "none" else 2e-4
     for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=atol, err_msg=k)
 
 
 def _cli(workdir, steps, extra=()):
@@ -179,6 +191,17 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     trainer.train(tiny_config(num_train_steps=2), tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="shape .* but the model has"):
         trainer.load_for_inference(tmp_path, tiny_config(**{"model.width": 0.125}))
+    # Another parameter set either way (batch norm: norm layers and no conv biases) is a clear error
+    # too, and the checkpoints stay where they are: a config mismatch is not a corrupt file.
+    with pytest.raises(checkpoint.CheckpointError, match="holds model entries that the model does not have"):
+        trainer.load_for_inference(tmp_path, tiny_config(**{"model.norm": "batch"}))
+    normed = tmp_path / "normed"
+    trainer.train(tiny_config(num_train_steps=2, **{"model.norm": "batch"}), normed)
+    with pytest.raises(checkpoint.CheckpointError, match="holds model entries .* such as .*norm1_1"):
+        trainer.load_for_inference(normed, tiny_config())
+    for workdir, cfg in ((tmp_path, tiny_config()), (normed, tiny_config(**{"model.norm": "batch"}))):
+        assert not (workdir / "checkpoints_corrupt").exists()
+        assert trainer.load_for_inference(workdir, cfg).step == 2
 
 
 def test_evaluate_writes_report(tmp_path):

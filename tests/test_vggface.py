@@ -235,3 +235,33 @@ def test_max_pool_2x2_equals_reduce_window_and_its_gradient(shape):
     weights = jax.random.normal(jax.random.key(1), reference(x).shape)
     grads = [jax.grad(lambda v: jnp.sum(weights * pool(v)))(x) for pool in (max_pool_2x2, reference)]
     np.testing.assert_array_equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_normalisation_and_averaged_fc6_input(images, norm):
+    m = nnx.jit(lambda: VGGFace(head_sizes=HEADS, width=0.125, input_size=32, norm=norm, fc6_input="average",
+                                dropout=0.0, rngs=nnx.Rngs(RBG_KEY)))()
+    assert m.fc6.in_features == m.channels[5]  # pool5's global average, not its flattened map
+    params = nnx.state(m, nnx.Param).flat_state()
+    norm_paths = [p for p, _ in params if str(p[0]).startswith("norm")]
+    assert {param_layer_name(p) for p in norm_paths} == {n for n in LAYER_NAMES if n.startswith("conv")}
+    assert m.conv1_1.bias is None  # the normalisation's offset replaces it
+    eval_out = m(images)[0]
+    train_out = m(images, train=True)[0]
+    assert bool(jnp.all(jnp.isfinite(eval_out)))
+    # Batch norm: train mode normalises with the batch's statistics, eval mode with the running ones
+    # (still the initial 0/1 here); group norm is the same in both modes.
+    assert np.allclose(train_out, eval_out, rtol=1e-5, atol=1e-5) == (norm == "group")
+    stats = nnx.state(m, nnx.BatchStat).flat_state()
+    assert bool(stats) == (norm == "batch")
+
+
+def test_published_network_has_no_normalisation_and_a_flattened_fc6_input():
+    m = _abstract(head_sizes=None, width=0.125, input_size=64)
+    assert m.norm == "none" and m.fc6_input == "flatten" and m.conv1_1 is not None
+    assert not nnx.state(m, nnx.BatchStat).flat_state()
+    assert all(not str(p[0]).startswith("norm") for p, _ in nnx.state(m, nnx.Param).flat_state())
+    with pytest.raises(ValueError, match="norm must be one of"):
+        VGGFace(head_sizes=None, norm="layer", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="fc6_input must be one of"):
+        VGGFace(head_sizes=None, fc6_input="max", rngs=nnx.Rngs(0))

@@ -42,6 +42,10 @@ def get_config(freeze_below: str = "fc6"):
     config.model.input_size = 224
     config.model.dropout = 0.5
     config.model.preprocess = "vggface"  # what the converted VGG-Face weights expect
+    # The published weights have no normalisation and read pool5 flattened; "batch" / "average" are for
+    # training from scratch (configs/attributes/synthfaces_tiny.py), not for fine-tuning these weights.
+    config.model.norm = "none"
+    config.model.fc6_input = "flatten"
     config.model.init_from = placeholder(str)
     config.freeze_below = freeze_below
 

@@ -1,6 +1,7 @@
 """Attribute classifier on the embedded synthetic faces: a width-1/8 VGG-Face at 64 px (CPU-sized).
 
-On a 2-core CPU this trains in under 5 minutes to about 0.90 mean per-attribute test accuracy.
+On a 2-core CPU this trains in about 3 minutes to about 0.905 mean per-attribute test accuracy.
+`--config.model.norm=batch` reaches 0.93 in about 4.5 minutes (batch norm after every convolution).
 
     jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/tiny
     jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/t --config.num_train_steps=20
@@ -34,6 +35,8 @@ def get_config():
     # From scratch, zero-centred [-1, 1] inputs train far better than the 0-255 VGG-Face (Caffe)
     # convention, which is what converted VGG-Face weights expect (set "vggface" with model.init_from).
     config.model.preprocess = "centered"
+    config.model.norm = "none"  # "batch" or "group" after every convolution (off for published weights)
+    config.model.fc6_input = "flatten"  # or "average": fc6 reads pool5's global average
     config.model.init_from = ""  # a converted VGG-Face weight directory (jaxface convert-weights)
     config.freeze_below = ""  # e.g. "fc6" or "conv5_1": layers below it are not trained
 

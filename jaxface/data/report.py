@@ -9,13 +9,54 @@ from jaxface.data import pipeline
 from jaxface import plots
 
 
-def _split_sizes(data_cfg) -> dict:
-    sizes = {}
+def _unreadable(source, split: str) -> tuple[int, list[str]]:
+    """How many of a file-backed source's images do not decode, and the first few reasons.
+
+    Every file is decoded (the only reliable test: a truncated JPEG opens but fails to load); rendered
+    sources have nothing to check."""
+    from jaxface.data import imageio
+
+    n = len(source)
+    if n == 0 or "path" not in source[0]:
+        return 0, []
+    bad, reasons = 0, []
+    indices = range(n)
+    if n >= 2000:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"checking {split} images", unit="image", leave=False)
+    for i in indices:
+        try:
+            imageio.decode_image(source[i]["path"])
+        except imageio.ImageDecodeError as err:
+            bad += 1
+            if len(reasons) < 3:
+                reasons.append(str(err))
+    return bad, reasons
+
+
+def _split_sizes(data_cfg) -> tuple[dict, dict, list[str]]:
+    """Readable images per split, unreadable files per split, the first few reasons."""
+    sizes, unreadable, reasons = {}, {}, []
     for split in pipeline.SPLITS:
-        sizes[split] = len(pipeline.build_source(data_cfg, split))
+        source = pipeline.build_source(data_cfg, split)
+        bad, why = _unreadable(source, split)
+        sizes[split], unreadable[split] = len(source) - bad, bad
+        reasons += why[: 3 - len(reasons)]
     if sum(sizes.values()) == 0:
+        if sum(unreadable.values()):
+            raise pipeline.UnreadableDataError(
+                f"none of the dataset's {sum(unreadable.values())} files could be read; first reasons: "
+                + "; ".join(reasons))
         raise pipeline.DataConfigError("the dataset is empty: no split has any image")
-    return sizes
+    return sizes, unreadable, reasons
+
+
+def _size_line(source_name, sizes, unreadable) -> str:
+    line = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    if sum(unreadable.values()):
+        line += " (unreadable, skipped: " + ", ".join(f"{k} {v}" for k, v in unreadable.items()) + ")"
+    return f"{source_name}: {line}"
 
 
 def _preview_records(config, source, n: int, augment=None):
@@ -38,7 +79,7 @@ def _preview_records(config, source, n: int, augment=None):
 def attribute_report(config, workdir, num_preview: int = 16) -> dict:
     data_cfg = config.data
     schema = pipeline.schema_for(data_cfg)
-    sizes = _split_sizes(data_cfg)
+    sizes, unreadable, reasons = _split_sizes(data_cfg)
     train = pipeline.build_source(data_cfg, "train")
     attrs, mask = pipeline.attribute_table(train)
     rates, labelled = pipeline.positive_rates(attrs, mask)
@@ -61,6 +102,8 @@ def attribute_report(config, workdir, num_preview: int = 16) -> dict:
         "source": data_cfg.source,
         "schema": schema.name,
         "num_images": sizes,
+        "num_unreadable": unreadable,
+        "unreadable_reasons": reasons,
         "attributes": {
             name: {"positive_rate": float(rates[k]), "labelled_fraction": float(labelled[k])}
             for k, name in enumerate(schema.attribute_names)
@@ -68,7 +111,7 @@ def attribute_report(config, workdir, num_preview: int = 16) -> dict:
         "preview_unreadable": bad,
     }
     files.write_json(out_dir / "summary.json", summary)
-    lines = [f"{data_cfg.source} ({schema}): " + ", ".join(f"{k} {v}" for k, v in sizes.items())]
+    lines = [_size_line(f"{data_cfg.source} ({schema})", sizes, unreadable)]
     lines.append(f"{'attribute':32s} {'positive':>9s} {'labelled':>9s}")
     for k, name in enumerate(schema.attribute_names):
         lines.append(f"{name:32s} {rates[k]:9.3f} {labelled[k]:9.3f}")
@@ -78,7 +121,7 @@ def attribute_report(config, workdir, num_preview: int = 16) -> dict:
 
 def detection_report(config, workdir, num_preview: int = 16, augment=None) -> dict:
     data_cfg = config.data
-    sizes = _split_sizes(data_cfg)
+    sizes, unreadable, reasons = _split_sizes(data_cfg)
     train = pipeline.build_source(data_cfg, "train")
     names = list(train.generator_names)
     gen_ids = np.array([int(train[i]["generator_id"]) for i in range(len(train))])
@@ -102,8 +145,9 @@ def detection_report(config, workdir, num_preview: int = 16, augment=None) -> di
         outputs.append(plots.labelled_grid(
             out_dir / f"{tag}.png", [r["image"] for r in records], captions,
             title=f"{data_cfg.source}: {tag} train samples ({config.data.image_size} px)"))
-    summary = {"source": data_cfg.source, "num_images": sizes, "train_per_generator": counts}
+    summary = {"source": data_cfg.source, "num_images": sizes, "num_unreadable": unreadable,
+               "unreadable_reasons": reasons, "train_per_generator": counts}
     files.write_json(out_dir / "summary.json", summary)
-    lines = [f"{data_cfg.source}: " + ", ".join(f"{k} {v}" for k, v in sizes.items())]
+    lines = [_size_line(data_cfg.source, sizes, unreadable)]
     lines += [f"  train {name:16s} {c}" for name, c in counts.items()]
     return {"summary": summary, "text": "\n".join(lines), "outputs": outputs + [out_dir / "summary.json"]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import pathlib
 from typing import Sequence
 
@@ -113,15 +114,22 @@ def _evaluate_option(config, key: str, default):
 
 
 def read_calibration(workdir, step: int | None) -> dict | None:
-    """W/calibration.json when it was written for checkpoint STEP (the one being used), else None."""
+    """W/calibration.json when it was written for checkpoint STEP (the one being used), else None.
+
+    A file that cannot be read, or that belongs to another checkpoint, is never used (its threshold
+    would be silently wrong for this model): one warning names it and the caller falls back."""
     path = files.as_path(workdir) / CALIBRATION_FILE
     if not path.exists():
         return None
     try:
         cal = json.loads(path.read_text())
-    except (OSError, ValueError):
+        float(cal["threshold_logit"])
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        logging.warning("ignoring %s: it is not a readable calibration (%s: %s)", path, type(err).__name__, err)
         return None
     if cal.get("step") != step:
+        logging.warning("ignoring %s: it was written for checkpoint step %s, the model in use is step %s",
+                        path, cal.get("step"), step)
         return None
     return cal
 

@@ -12,6 +12,12 @@ Size knobs, so that CPU configs stay small:
     (input_size // 32)^2 * C5 vector. fc6's kernel rows are in our NHWC flatten order (row, column,
     channel); the converter (`convert_vggface.py`) reorders the original's (C, H, W) / MatConvNet rows.
 
+Training from scratch (both off for the published weights, which the converter loads unchanged):
+  * `norm='batch'` or `'group'` normalises every convolution's output before its ReLU (`norm{B}_{i}`,
+    which belongs to layer conv{B}_{i} for freezing and learning-rate multipliers); the convolutions
+    then have no bias of their own (the normalisation's offset takes its place).
+  * `fc6_input='average'` feeds fc6 the global average of pool5 instead of the flattened map.
+
 Preprocessing (`preprocess='vggface'`, the default): inputs are the library's float [0, 1] RGB images;
 the model computes x * 255 - mean_rgb with the original training mean pixel (R, G, B) =
 (129.1863, 104.7624, 93.5940). Kernels are always in RGB input-channel order: the MatConvNet release
@@ -44,6 +50,15 @@ VGGFACE_MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 BASE_FC_DIM = 4096
 PREPROCESS_MODES = ("vggface", "centered", "none")
+# Normalisation after every convolution (before its ReLU). "none" is the published network; "batch" and
+# "group" are for training from scratch, where they are what lets a narrow VGG learn fast.
+NORMS = ("none", "batch", "group")
+# What fc6 reads: the flattened pool5 map (the published network) or its global average, which keeps
+# fc6 small and position-invariant when pool5 is only 2x2 (64 px inputs).
+FC6_INPUTS = ("flatten", "average")
+BN_MOMENTUM = 0.9  # flax convention: the running average keeps 90% of its value per step
+NORM_EPS = 1e-5
+GROUPS = 8  # group-norm groups (fewer when a layer has fewer channels)
 
 
 def _layer_names() -> tuple[str, ...]:
@@ -56,8 +71,10 @@ def _layer_names() -> tuple[str, ...]:
 
 LAYER_NAMES: tuple[str, ...] = _layer_names()
 CONV_LAYER_NAMES: tuple[str, ...] = tuple(n for n in LAYER_NAMES if n.startswith("conv"))
-# State attributes that are not layers in LAYER_NAMES but belong to one (the dropout RNG streams).
+# State attributes that are not layers in LAYER_NAMES but belong to one (the dropout RNG streams and the
+# normalisation after each convolution, norm{B}_{i} -> conv{B}_{i}).
 _ATTRIBUTE_TO_LAYER = {"dropout6": "fc6", "dropout7": "fc7"}
+_ATTRIBUTE_TO_LAYER.update({"norm" + n[4:]: n for n in CONV_LAYER_NAMES})
 
 
 class UnknownLayerError(ValueError):
@@ -124,6 +141,8 @@ class VGGFace(nnx.Module):
         input_size: int = 224,
         dropout: float = 0.5,
         preprocess: str = "vggface",
+        norm: str = "none",
+        fc6_input: str = "flatten",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -139,10 +158,18 @@ class VGGFace(nnx.Module):
             raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, got {preprocess!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS} ('none' is the published VGG-Face), got {norm!r}")
+        if fc6_input not in FC6_INPUTS:
+            raise ValueError(
+                f"fc6_input must be one of {FC6_INPUTS} ('flatten' is the published VGG-Face), got {fc6_input!r}"
+            )
 
         self.width = float(width)
         self.input_size = int(input_size)
         self.preprocess = preprocess
+        self.norm = norm
+        self.fc6_input = fc6_input
         self.dropout_rate = float(dropout)
         self.dtype = dtype
         self.head_sizes = None if head_sizes is None else tuple(int(n) for n in head_sizes)
@@ -160,14 +187,19 @@ class VGGFace(nnx.Module):
                     kernel_size=(3, 3),
                     padding=((1, 1), (1, 1)),
                     kernel_init=_he_normal(),
+                    # A bias before a normalisation is cancelled by it: its gradient is rounding noise,
+                    # which Adam would turn into full-size steps.
+                    use_bias=norm == "none",
                     dtype=dtype,
                     param_dtype=param_dtype,
                     rngs=rngs,
                 )
                 setattr(self, f"conv{block}_{i}", conv)
+                setattr(self, f"norm{block}_{i}", _norm_layer(norm, out_ch, dtype, param_dtype, rngs))
                 in_ch = out_ch
+        fc6_in = in_ch if fc6_input == "average" else self.final_spatial**2 * in_ch
         self.fc6 = nnx.Linear(
-            self.final_spatial**2 * in_ch,
+            fc6_in,
             self.fc_dim,
             kernel_init=_he_normal(),
             dtype=dtype,
@@ -252,12 +284,21 @@ class VGGFace(nnx.Module):
         deterministic = not train
         for name in LAYER_NAMES[: deepest + 1]:
             if name.startswith("conv"):
-                h = getattr(self, name).relu_of(h)
+                norm = getattr(self, "norm" + name[4:])
+                if norm is None:
+                    h = getattr(self, name).relu_of(h)
+                elif isinstance(norm, nnx.BatchNorm):
+                    h = jax.nn.relu(norm(getattr(self, name)(h), use_running_average=not train))
+                else:
+                    h = jax.nn.relu(norm(getattr(self, name)(h)))
             elif name.startswith("pool"):
                 h = layers_lib.max_pool_2x2(h)
             elif name == "fc6":
-                # Flatten in NHWC order (row, column, channel); see the module docstring.
-                h = jax.nn.relu(self.fc6(h.reshape(h.shape[0], -1)))
+                if self.fc6_input == "average":
+                    h = jnp.mean(h, axis=(1, 2))
+                else:  # flatten in NHWC order (row, column, channel); see the module docstring
+                    h = h.reshape(h.shape[0], -1)
+                h = jax.nn.relu(self.fc6(h))
             elif name == "fc7":
                 h = jax.nn.relu(self.fc7(self.dropout6(h, deterministic=deterministic)))
             elif name == "heads":
@@ -271,6 +312,17 @@ class VGGFace(nnx.Module):
         if self.heads is None:
             return self.activations(x, ("fc7",), train=train)["fc7"]
         return self.activations(x, ("heads",), train=train)["heads"]
+
+
+def _norm_layer(norm: str, channels: int, dtype, param_dtype, rngs: nnx.Rngs):
+    if norm == "batch":
+        return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=NORM_EPS, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
+    if norm == "group":
+        groups = max(g for g in range(1, min(GROUPS, channels) + 1) if channels % g == 0)
+        return nnx.GroupNorm(channels, num_groups=groups, epsilon=NORM_EPS, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
+    return None
 
 
 def count_params(state) -> int:

@@ -96,11 +96,20 @@ def _check_shapes(mngr, step: int, item: str, target) -> None:
                 f"{tuple(s.shape)} but the model has {tuple(np.shape(t))}: the model config (width, "
                 f"input_size, schema) differs from the run that wrote it; use its config.json"
             )
+    # A different parameter set is a mismatch between the run and this config, not a corrupt file: it
+    # must be an error that leaves the checkpoints where they are.
+    extra = [p for p in flat_stored if p not in flat_target]
+    if extra:
+        raise CheckpointError(
+            f"checkpoint step {step} in {mngr.directory} holds {item} entries that the model does not have, "
+            f"such as {extra[:3]}: it was written by another kind of model (compare the model section, "
+            "e.g. model.norm, with the run's config.json)"
+        )
     missing = [p for p in flat_target if p not in flat_stored]
     if missing:
         raise CheckpointError(
             f"checkpoint step {step} in {mngr.directory} lacks {item} entries such as {missing[:3]}: "
-            "it was written by another kind of model"
+            "it was written by another kind of model (compare the model section with the run's config.json)"
         )
 
 

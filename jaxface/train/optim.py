@@ -98,3 +98,17 @@ def trainable_filter(freeze_below: str | None, layer_of: Callable[[Any], str], l
         return layer_index(layer_of(path)) >= boundary
 
     return is_trainable
+
+
+def frozen_statistics_filter(freeze_below: str | None, layer_of: Callable[[Any], str],
+                             layer_index: Callable[[str], int]):
+    """An NNX filter for the normalisation statistics (BatchStat) of the frozen layers, below
+    `freeze_below`: a training step must leave them as they were, like the frozen weights."""
+    if not freeze_below:
+        return nnx.Nothing
+    boundary = layer_index(freeze_below)
+
+    def is_frozen_statistic(path, value) -> bool:
+        return isinstance(value, nnx.BatchStat) and layer_index(layer_of(path)) < boundary
+
+    return is_frozen_statistic

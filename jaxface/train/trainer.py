@@ -124,14 +124,19 @@ def load_for_inference(workdir, config=None) -> Setup:
 
 
 # ----------------------------------------------------------------------------------------- steps
-def make_train_step(task, model_def, opt_def, trainable, state_shardings):
-    """One jitted step; state donated; a non-finite loss leaves the state untouched and is flagged."""
+def make_train_step(task, model_def, opt_def, trainable, state_shardings, frozen_statistics=nnx.Nothing):
+    """One jitted step; state donated; a non-finite loss leaves the state untouched and is flagged.
+
+    `frozen_statistics` selects normalisation statistics that the step must not change (those of
+    frozen layers: they still normalise with the batch's statistics, but keep their running averages).
+    """
 
     @functools.partial(jax.jit, donate_argnums=(0, 1),
                        out_shardings=(state_shardings[0], state_shardings[1], None))
     def step(model_state, opt_state, batch):
         model = nnx.merge(model_def, model_state)
         optimizer = nnx.merge(opt_def, opt_state)
+        kept_statistics = nnx.clone(nnx.state(model, frozen_statistics))
 
         def loss_fn(m):
             return task.loss(m, batch, train=True)
@@ -141,6 +146,7 @@ def make_train_step(task, model_def, opt_def, trainable, state_shardings):
         grad_norm = optim_global_norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         optimizer.update(model, grads)
+        nnx.update(model, kept_statistics)
         new_model, new_opt = nnx.state(model), nnx.state(optimizer)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         metrics = dict(metrics, grad_norm=grad_norm, nonfinite=1 - ok.astype(jnp.int32))
@@ -261,12 +267,14 @@ def _train(config, workdir, on_start) -> dict:
     if num_steps < 1:
         raise TaskConfigError(f"num_train_steps must be at least 1, got {num_steps}")
 
-    trainable = optim.trainable_filter(config.get("freeze_below", ""), task.layer_of, task.layer_index)
+    freeze_below = config.get("freeze_below", "")
+    trainable = optim.trainable_filter(freeze_below, task.layer_of, task.layer_index)
+    frozen_statistics = optim.frozen_statistics_filter(freeze_below, task.layer_of, task.layer_index)
     tx = optim.build_optimizer(config.optimizer, num_steps)
     opt_def, opt_state = create_optimizer(model_def, model_state, tx, trainable, mesh, config)
     shardings = (jax.tree.map(lambda x: x.sharding, model_state),
                  jax.tree.map(lambda x: x.sharding, opt_state))
-    train_step = make_train_step(task, model_def, opt_def, trainable, shardings)
+    train_step = make_train_step(task, model_def, opt_def, trainable, shardings, frozen_statistics)
     predict = setup.predict
 
     train_batches = pipeline.batches(config, "train", mesh, augment=task.augment(config))

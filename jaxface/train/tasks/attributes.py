@@ -27,7 +27,8 @@ class AttributesTask(Task):
         m = self.config.model
         return vggface.VGGFace(
             head_sizes=self.schema.head_sizes, width=float(m.width), input_size=int(m.input_size),
-            dropout=float(m.get("dropout", 0.5)), preprocess=m.get("preprocess", "vggface"), rngs=rngs,
+            dropout=float(m.get("dropout", 0.5)), preprocess=m.get("preprocess", "vggface"),
+            norm=m.get("norm", "none"), fc6_input=m.get("fc6_input", "flatten"), rngs=rngs,
         )
 
     def _targets(self, batch):
