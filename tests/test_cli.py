@@ -149,3 +149,19 @@ def test_training_on_an_unreadable_folder_stops_at_once_and_leaves_no_workdir(tm
                      r"not be read", out.stderr), out.stderr
     assert "not a recognised image format" in out.stderr
     assert not workdir.exists()
+
+
+def test_a_workdir_path_with_spaces_and_non_ascii_characters(tmp_path):
+    workdir = tmp_path / "my runs" / "visages été 顔"
+    out = _run("train", "--config=configs/attributes/synthfaces_tiny.py", f"--workdir={workdir}",
+               "--config.model.width=0.0625", "--config.model.input_size=32", "--config.data.image_size=32",
+               "--config.batch_size=16", "--config.num_train_steps=2", "--config.eval_every_steps=0",
+               "--config.checkpoint_every_steps=2", "--config.data.num_train=64", "--config.data.num_val=16",
+               "--config.data.num_test=32")
+    assert out.returncode == 0, out.stderr
+    assert f"wrote {workdir / 'config.json'}" in out.stdout
+    evaluated = _run("evaluate", f"--workdir={workdir}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 32
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
