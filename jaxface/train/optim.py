@@ -86,16 +86,20 @@ def build_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
+def _layer_below(freeze_below: str, layer_of: Callable[[Any], str], layer_index: Callable[[str], int]):
+    """path -> whether the layer that the path belongs to is below `freeze_below` (frozen)."""
+    boundary = layer_index(freeze_below)  # raises the model's clear error for unknown names
+    return lambda path: layer_index(layer_of(path)) < boundary
+
+
 def trainable_filter(freeze_below: str | None, layer_of: Callable[[Any], str], layer_index: Callable[[str], int]):
     """An NNX filter for the parameters that train: every Param at or above `freeze_below`."""
     if not freeze_below:
         return nnx.Param
-    boundary = layer_index(freeze_below)  # raises the model's clear error for unknown names
+    frozen = _layer_below(freeze_below, layer_of, layer_index)
 
     def is_trainable(path, value) -> bool:
-        if not isinstance(value, nnx.Param):
-            return False
-        return layer_index(layer_of(path)) >= boundary
+        return isinstance(value, nnx.Param) and not frozen(path)
 
     return is_trainable
 
@@ -106,9 +110,9 @@ def frozen_statistics_filter(freeze_below: str | None, layer_of: Callable[[Any],
     `freeze_below`: a training step must leave them as they were, like the frozen weights."""
     if not freeze_below:
         return nnx.Nothing
-    boundary = layer_index(freeze_below)
+    frozen = _layer_below(freeze_below, layer_of, layer_index)
 
     def is_frozen_statistic(path, value) -> bool:
-        return isinstance(value, nnx.BatchStat) and layer_index(layer_of(path)) < boundary
+        return isinstance(value, nnx.BatchStat) and frozen(path)
 
     return is_frozen_statistic
