@@ -291,3 +291,34 @@ def test_depthwise_conv_equals_the_native_grouped_convolution(channels, kernel, 
     grads = nnx.grad(lambda m: loss(lambda m, x: m(x), m, x))(conv)
     native_grads = nnx.grad(lambda m: loss(native, m, x))(conv)
     np.testing.assert_allclose(grads["kernel"][...], native_grads["kernel"][...], rtol=1e-4, atol=1e-3)
+
+
+def test_batch_norm_relu_matches_flax_batch_norm_then_relu():
+    """The hand-written gradient of batch_norm_relu equals autodiff through nnx.BatchNorm and ReLU."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(0.5, 2.0, (6, 5, 4, 3)).astype(np.float32))
+    weight = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))  # a loss that weighs every output
+
+    def make():
+        bn = nnx.BatchNorm(3, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+        bn.scale[...] = jnp.asarray([1.5, -0.7, 0.2])
+        bn.bias[...] = jnp.asarray([0.1, 0.3, -0.4])
+        return bn
+
+    def loss_reference(bn, x):
+        return jnp.sum(jax.nn.relu(bn(x, use_running_average=False)) * weight)
+
+    def loss_fused(bn, x):
+        return jnp.sum(layers.batch_norm_relu(bn, x, train=True) * weight)
+
+    results = []
+    for loss in (loss_reference, loss_fused):
+        bn = make()
+        value, (grad_bn, grad_x) = nnx.value_and_grad(loss, argnums=(0, 1))(bn, x)
+        results.append((value, grad_x, grad_bn.scale[...], grad_bn.bias[...], bn.mean[...], bn.var[...]))
+    for reference, fused in zip(*results):
+        np.testing.assert_allclose(fused, reference, rtol=2e-5, atol=2e-5)
+    assert float(jnp.abs(results[0][1]).max()) > 0.1  # the gradient is not trivially zero
+    bn = make()
+    np.testing.assert_allclose(layers.batch_norm_relu(bn, x, train=False),
+                               jax.nn.relu(bn(x, use_running_average=True)), rtol=1e-6)

@@ -159,3 +159,54 @@ def test_reader_threads_default_by_source_and_are_validated():
     assert spec("synthfaces", read_threads=4).read_threads == 4
     with pytest.raises(pipeline.DataConfigError, match="data.read_threads must be a positive integer"):
         spec("realfake", read_threads=0)
+
+
+def test_rendered_splits_are_cached_once_and_read_back_unchanged():
+    import ml_collections
+
+    from jaxface.data.synthfaces import SynthFaces
+
+    class CountingFaces(SynthFaces):
+        rendered = 0  # per instance: a stopped loader's prefetch thread may still render one more
+
+        def render_batch(self, indices):
+            self.rendered += len(indices)
+            return super().render_batch(indices)
+
+    mesh = parallel.make_mesh()
+
+    def epoch_batches(faces, cache_mb, epochs=2):
+        spec = pipeline.LoaderSpec(batch_size=8, image_size=16, seed=1, train=True, read_threads=1,
+                                   cache_mb=cache_mb)
+        it = pipeline.ShardedBatches(pipeline.make_loader(faces, spec), mesh, 8)
+        return [np.asarray(next(it)["image"]) for _ in range(epochs * 100 // 8)]
+
+    uncached = epoch_batches(CountingFaces(100, resolution=16, seed=3), 0)
+    faces = CountingFaces(100, resolution=16, seed=3)
+    cached = epoch_batches(faces, 1)
+    assert faces.rendered == 100  # each face once, in blocks; the second epoch reads memory
+    for a, b in zip(uncached, cached):
+        np.testing.assert_array_equal(a, b)  # the same batches, in the same order
+    cache = pipeline.RenderCache(faces)
+    assert not cache[5]["image"].flags.writeable  # an in-place op fails instead of corrupting
+    assert len(cache) == 100 and cache[99]["index"] == 99
+    # Too big for data.cache_mb: read item by item as before.
+    assert pipeline.split_cache_bytes(faces, 16) == 100 * 16 * 16 * 3
+    def cached_by(source, **spec):
+        loader = pipeline.make_loader(source, pipeline.LoaderSpec(batch_size=8, image_size=16, **spec))
+        return isinstance(loader._data_source, pipeline.RenderCache)
+
+    assert cached_by(faces, cache_mb=0.1)  # 75 KiB of images
+    assert not cached_by(faces, cache_mb=0.1, worker_count=2)  # a copy per worker process: 150 KiB
+    assert not cached_by(CountingFaces(100_000, resolution=64, seed=0), cache_mb=1024)  # 1.2 GB
+
+    def spec(source, **data):
+        cfg = ml_collections.ConfigDict({"seed": 0, "batch_size": 8,
+                                         "data": {"source": source, "image_size": 32, **data}})
+        return pipeline.loader_spec_from_config(cfg, "train")
+
+    assert spec("synthfaces").cache_mb == pipeline.DEFAULT_CACHE_MB
+    assert spec("synthfaces", cache_mb=0).cache_mb == 0
+    assert spec("realfake").cache_mb == 0  # files are not cached: the OS page cache does that
+    with pytest.raises(pipeline.DataConfigError, match="data.cache_mb must be 0"):
+        spec("synthfaces", cache_mb=-1)

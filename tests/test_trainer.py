@@ -30,7 +30,7 @@ def _params(state):
 
 def test_overfits_a_tiny_batch(tmp_path):
     cfg = tiny_config(**{"data.num_train": 16, "num_train_steps": 60, "checkpoint_every_steps": 60,
-                         "log_every_steps": 5, "optimizer.learning_rate": 2e-3})
+                         "log_every_steps": 5})
     trainer.train(cfg, tmp_path)
     import json
 
@@ -188,9 +188,10 @@ def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
 
 
 def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
-    trainer.train(tiny_config(num_train_steps=2), tmp_path)
+    plain = {"model.norm": "none"}
+    trainer.train(tiny_config(num_train_steps=2, **plain), tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="shape .* but the model has"):
-        trainer.load_for_inference(tmp_path, tiny_config(**{"model.width": 0.125}))
+        trainer.load_for_inference(tmp_path, tiny_config(**{"model.width": 0.125, **plain}))
     # Another parameter set either way (batch norm: norm layers and no conv biases) is a clear error
     # too, and the checkpoints stay where they are: a config mismatch is not a corrupt file.
     with pytest.raises(checkpoint.CheckpointError, match="holds model entries that the model does not have"):
@@ -198,8 +199,8 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     normed = tmp_path / "normed"
     trainer.train(tiny_config(num_train_steps=2, **{"model.norm": "batch"}), normed)
     with pytest.raises(checkpoint.CheckpointError, match="holds model entries .* such as .*norm1_1"):
-        trainer.load_for_inference(normed, tiny_config())
-    for workdir, cfg in ((tmp_path, tiny_config()), (normed, tiny_config(**{"model.norm": "batch"}))):
+        trainer.load_for_inference(normed, tiny_config(**plain))
+    for workdir, cfg in ((tmp_path, tiny_config(**plain)), (normed, tiny_config(**{"model.norm": "batch"}))):
         assert not (workdir / "checkpoints_corrupt").exists()
         assert trainer.load_for_inference(workdir, cfg).step == 2
 

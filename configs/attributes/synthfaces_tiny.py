@@ -1,7 +1,7 @@
 """Attribute classifier on the embedded synthetic faces: a width-1/8 VGG-Face at 64 px (CPU-sized).
 
-On a 2-core CPU this trains in about 3 minutes to about 0.905 mean per-attribute test accuracy.
-`--config.model.norm=batch` reaches 0.933 in about 4 minutes (batch norm after every convolution).
+On a 2-core CPU this trains in about 5 minutes to about 0.95 mean per-attribute test accuracy (batch
+norm after every convolution, SGD with momentum; see the table in the README for what else was tried).
 
     jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/tiny
     jaxface train --config=configs/attributes/synthfaces_tiny.py --workdir=runs/t --config.num_train_steps=20
@@ -20,7 +20,7 @@ def get_config():
     config.data.schema = "synthfaces"
     config.data.image_size = 64
     config.data.seed = 0
-    config.data.num_train = 20000
+    config.data.num_train = 30000  # rendered once and kept in memory (data.cache_mb): 260 MB
     config.data.num_val = 1000
     config.data.num_test = 2000
     config.data.worker_count = 0  # 2-core default: decoding/rendering in the main process
@@ -31,20 +31,23 @@ def get_config():
     config.model.name = "vggface"
     config.model.width = 0.125  # per wall-clock second, 1/8 width learnt faster here than 1/4
     config.model.input_size = 64
-    config.model.dropout = 0.0  # 20k images seen about 3.5 times: dropout only slowed learning
+    config.model.dropout = 0.0  # 30k images seen about 3.6 times: dropout only slowed learning
     # From scratch, zero-centred [-1, 1] inputs train far better than the 0-255 VGG-Face (Caffe)
     # convention, which is what converted VGG-Face weights expect (set "vggface" with model.init_from).
     config.model.preprocess = "centered"
-    config.model.norm = "none"  # "batch" or "group" after every convolution (off for published weights)
+    # Batch norm after every convolution: 0.905 -> 0.933 at 1,100 steps (off for published weights).
+    config.model.norm = "batch"  # or "group", or "none" (the published network)
     config.model.fc6_input = "flatten"  # or "average": fc6 reads pool5's global average
     config.model.init_from = ""  # a converted VGG-Face weight directory (jaxface convert-weights)
     config.freeze_below = ""  # e.g. "fc6" or "conv5_1": layers below it are not trained
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adamw"
-    config.optimizer.learning_rate = 2e-3
+    # With batch norm, SGD with momentum beat AdamW (0.949 against 0.933-0.945 in the same 5 minutes).
+    # The gradient is clipped to norm 1 (it runs at 6-10), so 0.05 is a normalised step.
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.05
     config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
+    config.optimizer.weight_decay = 5e-4
     config.optimizer.schedule = "cosine"  # or "constant"
     config.optimizer.warmup_steps = 50
     config.optimizer.grad_clip_norm = 1.0
@@ -59,9 +62,9 @@ def get_config():
 
     config.batch_size = 64
     config.eval_batch_size = 128
-    config.num_train_steps = 1100
-    config.eval_every_steps = 550
-    config.checkpoint_every_steps = 275
+    config.num_train_steps = 1700
+    config.eval_every_steps = 850
+    config.checkpoint_every_steps = 425
     config.keep_checkpoints = 3
     config.log_every_steps = 50
     return config

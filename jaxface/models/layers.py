@@ -197,6 +197,58 @@ def batch_norm(num_features: int, *, eps: float, momentum: float, rngs: nnx.Rngs
                          rngs=rngs, **kwargs)
 
 
+def batch_norm_relu(bn: nnx.BatchNorm, x: jax.Array, *, train: bool) -> jax.Array:
+    """relu(bn(x)) for a channels-last `bn`, the same function as nnx.BatchNorm then jax.nn.relu.
+
+    In training the batch statistics (flax's fast variance, E[x^2] - E[x]^2) go through one hand-written
+    gradient: autodiff of the normalisation materialised several full-size intermediates per layer and
+    took 64 ms of a 153 ms VGG-Face step (width 1/8, 64 px, batch 64) on two cores; this takes 22 ms.
+    The running averages are updated as nnx.BatchNorm does.
+    """
+    if not train:
+        return jax.nn.relu(bn(x, use_running_average=True))
+    reduction_axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, reduction_axes)
+    var = jnp.maximum(jnp.mean(jnp.square(x32), reduction_axes) - jnp.square(mean), 0.0)
+    mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+    bn.mean[...] = bn.momentum * bn.mean[...] + (1 - bn.momentum) * mean
+    bn.var[...] = bn.momentum * bn.var[...] + (1 - bn.momentum) * var
+    scale = bn.scale[...].astype(jnp.float32)
+    bias = bn.bias[...].astype(jnp.float32)
+    out = _batch_norm_relu_train(x32, scale, bias, mean, var, bn.epsilon)
+    return out.astype(bn.dtype or x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _batch_norm_relu_train(x, scale, bias, mean, var, epsilon):
+    return _batch_norm_relu_forward(x, scale, bias, mean, var, epsilon)[0]
+
+
+def _batch_norm_relu_forward(x, scale, bias, mean, var, epsilon):
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    multiplier = scale * inv_std
+    out = jax.nn.relu(x * multiplier + (bias - mean * multiplier))
+    return out, (x, out, scale, mean, inv_std)
+
+
+def _batch_norm_relu_backward(epsilon, residuals, grad_out):
+    # mean and var are the batch statistics of x (see batch_norm_relu), so dx carries their gradient
+    # terms: dx = scale/std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), dy the gradient below the ReLU.
+    x, out, scale, mean, inv_std = residuals
+    axes = tuple(range(x.ndim - 1))
+    count = math.prod(x.shape[:-1])
+    grad_y = jnp.where(out > 0, grad_out, 0.0)
+    x_hat = (x - mean) * inv_std
+    grad_bias = jnp.sum(grad_y, axes)
+    grad_scale = jnp.sum(grad_y * x_hat, axes)
+    grad_x = (scale * inv_std) * (grad_y - grad_bias / count - x_hat * (grad_scale / count))
+    return grad_x, grad_scale, grad_bias, jnp.zeros_like(mean), jnp.zeros_like(inv_std)
+
+
+_batch_norm_relu_train.defvjp(_batch_norm_relu_forward, _batch_norm_relu_backward)
+
+
 def layer_norm(num_features: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(num_features, epsilon=eps, scale_init=ones_init, bias_init=zeros_init, rngs=rngs)
 

@@ -288,7 +288,7 @@ class VGGFace(nnx.Module):
                 if norm is None:
                     h = getattr(self, name).relu_of(h)
                 elif isinstance(norm, nnx.BatchNorm):
-                    h = jax.nn.relu(norm(getattr(self, name)(h), use_running_average=not train))
+                    h = layers_lib.batch_norm_relu(norm, getattr(self, name)(h), train=train)
                 else:
                     h = jax.nn.relu(norm(getattr(self, name)(h)))
             elif name.startswith("pool"):
