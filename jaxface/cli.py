@@ -158,7 +158,16 @@ def cmd_fit_cgmm(argv):
     config = FLAGS.config
     if config is None:
         raise UsageError("--config is required, e.g. --config=configs/generate/synthfaces_tiny.py")
-    result = fit.fit_cgmm_command(config, _workdir())
+    workdir = _workdir()
+    try:
+        result = fit.fit_cgmm_command(config, workdir)
+    except KeyboardInterrupt as interrupt:
+        from jaxface import files
+
+        state = ("the new fitted model was completely written first" if isinstance(interrupt, files.DeferredInterrupt)
+                 else "nothing was written; a fitted model already there is unchanged")
+        print(f"error: interrupted; {workdir / fit.CGMM_DIR}: {state}", file=sys.stderr)
+        sys.exit(130)
     print(result["text"])
     _print_outputs(result["outputs"])
 
@@ -166,12 +175,17 @@ def cmd_fit_cgmm(argv):
 def cmd_generate(argv):
     """Generate faces for an attribute set (or --reconstruct an image, or run a --sweep) from WORKDIR."""
     from jaxface.generate import command as generate
+    from jaxface.generate.sweep import SweepInterrupted
 
-    result = generate.generate_command(
-        _workdir(), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
-        model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
-        reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
-        strength=FLAGS.strength, layers=FLAGS.layers)
+    try:
+        result = generate.generate_command(
+            _workdir(), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
+            model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
+            reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
+            strength=FLAGS.strength, layers=FLAGS.layers)
+    except SweepInterrupted as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(130)
     print(result["text"])
     _print_outputs(result["outputs"])
 

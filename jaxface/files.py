@@ -9,12 +9,16 @@ umask), readable by teammates on a shared workdir.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pathlib
+import signal
 import socket
+import sys
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -81,6 +85,33 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:
 
 def write_text(path, text: str) -> epath.Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+class DeferredInterrupt(KeyboardInterrupt):
+    """A Ctrl-C that arrived inside ctrl_c_deferred, raised once its block had finished."""
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred(what: str):
+    """Ctrl-C inside the block takes effect when it ends: a set of files written together (a fitted store
+    and its metadata) is never left half old, half new. One line says so; a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def note(signum, frame):
+        if not received:
+            print(f"Ctrl-C: finishing {what} first", file=sys.stderr, flush=True)
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise DeferredInterrupt
 
 
 def write_json(path, obj: Any) -> epath.Path:

@@ -4,6 +4,7 @@ import os
 import stat
 
 import numpy as np
+import pytest
 from epath_utils import bucket_on_disk
 from jaxface import files
 
@@ -62,3 +63,19 @@ def test_a_second_command_on_a_locked_workdir_refuses_and_a_stale_lock_is_taken_
     with pytest.raises(files.WorkdirBusyError):
         with files.WorkdirLock(tmp_path):
             pass
+
+
+def test_ctrl_c_inside_a_deferred_block_takes_effect_after_every_file_is_written(tmp_path, capsys):
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(files.DeferredInterrupt):
+        with files.ctrl_c_deferred(f"writing {tmp_path}"):
+            files.write_text(tmp_path / "a.txt", "first")
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C between two files
+            files.write_text(tmp_path / "b.txt", "second")
+    assert (tmp_path / "a.txt").read_text() == "first" and (tmp_path / "b.txt").read_text() == "second"
+    assert "Ctrl-C: finishing writing" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
+    assert issubclass(files.DeferredInterrupt, KeyboardInterrupt)  # still stops the command

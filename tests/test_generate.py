@@ -148,6 +148,52 @@ def test_sweep_groups_equal_settings_into_one_batched_call_and_writes_summaries(
     assert float(rows[0]["diversity"]) == pytest.approx(summaries[0]["diversity"], abs=1e-5)
 
 
+def test_an_interrupted_sweep_keeps_its_images_and_a_rerun_renders_only_the_rest(workdir, tmp_path, monkeypatch):
+    from jaxface.generate import sweep as sweep_lib
+
+    entries = [{"attributes": "Male", "seeds": [0, 1, 2], "settings": {"max_batch": 1}, "steps": 3}]
+    path = tmp_path / "resume.json"
+    path.write_text(json.dumps(entries))
+    reference = gen.generate_command(workdir, sweep=str(path), name="whole", verbose=False)
+    assert reference["calls"] == 3 and reference["reused"] == 0
+    assert not (reference["directory"] / sweep_lib.PARTIAL_DIR).exists()  # removed once the outputs exist
+
+    real_render, calls = sweep_lib.render_items, []
+
+    def ctrl_c_on_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_lib, "render_items", ctrl_c_on_the_second_batch)
+    with pytest.raises(sweep_lib.SweepInterrupted, match=r"1 of 3 image\(s\) are kept in .*partial; run the same"):
+        gen.generate_command(workdir, sweep=str(path), name="cut", verbose=False)
+    directory = reference["directory"].parent / "cut"
+    assert len(list((directory / sweep_lib.PARTIAL_DIR).glob("*.npz"))) == 1
+    assert not (directory / "results.json").exists()
+    monkeypatch.setattr(sweep_lib, "render_items", real_render)
+    # A changed sweep (other steps) reuses nothing; the same sweep renders only the two missing images.
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps([dict(entries[0], steps=2)]))
+    assert gen.generate_command(workdir, sweep=str(changed), name="cut_other", verbose=False)["reused"] == 0
+    resumed = gen.generate_command(workdir, sweep=str(path), name="cut", verbose=False)
+    assert resumed["calls"] == 2 and resumed["reused"] == 1
+    assert "1 reused from an interrupted run" in resumed["text"]
+    assert not (directory / sweep_lib.PARTIAL_DIR).exists()
+    for a, b in zip(read_results(reference), read_results(resumed)):
+        assert a["seed"] == b["seed"] and a["hit_rate"] == b["hit_rate"]
+        assert a["feature_error"] == pytest.approx(b["feature_error"], rel=1e-4, abs=1e-6)
+    label = reference["summary"][0]["label"]
+    for k in range(3):
+        same = [np.asarray(Image.open(d / label / "images" / f"{k:03d}.png")) for d in (reference["directory"], directory)]
+        np.testing.assert_allclose(same[0].astype(int), same[1].astype(int), atol=1)
+    reserved = tmp_path / "reserved.json"
+    reserved.write_text(json.dumps([{"attributes": "Male", "label": sweep_lib.PARTIAL_DIR}]))
+    with pytest.raises(gen_settings.GenerateError, match="label 'partial' is reserved"):
+        gen.generate_command(workdir, sweep=str(reserved), verbose=False)
+
+
 def test_user_errors_are_clear(workdir, tmp_path):
     store = gen_targets.load_context(workdir).store
     assert store.excluded, "the fixture's min_count should exclude a rare attribute"

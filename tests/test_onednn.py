@@ -188,6 +188,33 @@ def test_vggface_activations_and_input_gradient_match_xla():
     assert _relative(grad_ours, grad_xla) < 1e-3
 
 
+_TRAIN_STEPS_AT_32_PX = """
+import jax
+from jaxface.bench import common, train_bench
+assert jax.device_count() == 1
+common.compiled_flops = lambda *args: None  # the step itself, not the XLA recompile that counts flops
+record = train_bench.bench_case(train_bench.Case("tiny32", 0.0625, 32, 16), steps=2)
+print("train steps ran:", record["images_per_s"] > 0)
+"""
+
+
+@needs_onednn
+def test_training_steps_at_32_px_run_on_one_device():
+    # A layer's data and weight gradients run on two XLA threads at once. While they shared oneDNN's
+    # global scratchpad, this training step (VGG-Face width 1/16, 32 px: 2x2 conv5 maps, batch 16)
+    # crashed the interpreter every time, as did `jaxface train` at 32 px. It runs in a process of its
+    # own, on one CPU device (where oneDNN is used), so a crash fails this test, not the session.
+    import os
+    import subprocess
+
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", ""))
+    out = subprocess.run([sys.executable, "-c", _TRAIN_STEPS_AT_32_PX], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert "train steps ran: True" in out.stdout
+
+
 @needs_onednn
 def test_gradients_under_a_one_device_explicit_mesh_keep_their_sharding_types():
     # How `jaxface train` and `generate` run on one CPU: custom_vjp checks the cotangents' types.

@@ -465,13 +465,14 @@ def fit_cgmm_command(config, workdir) -> dict:
     result = fit_cgmm(config, workdir)
     directory = workdir / CGMM_DIR
     outputs = []
-    if parallel.is_main_process():
-        written = store_lib.save_cgmm(directory, result["store"])
-        outputs += [files.as_path(written["arrays"]), files.as_path(written["metadata"])]
-    outputs.append(files.write_text(directory / CONFIG_FILE, config.to_json_best_effort(indent=2)))
-    outputs.append(files.save_image(directory / MEAN_IMAGE_FILE, result["mean_image"]))
     text = summary_text(result, directory)
-    outputs.append(files.write_text(directory / SUMMARY_FILE, text + "\n"))
+    with files.ctrl_c_deferred(f"writing {directory}"):  # the store's files change together or not at all
+        if parallel.is_main_process():
+            written = store_lib.save_cgmm(directory, result["store"])
+            outputs += [files.as_path(written["arrays"]), files.as_path(written["metadata"])]
+        outputs.append(files.write_text(directory / CONFIG_FILE, config.to_json_best_effort(indent=2)))
+        outputs.append(files.save_image(directory / MEAN_IMAGE_FILE, result["mean_image"]))
+        outputs.append(files.write_text(directory / SUMMARY_FILE, text + "\n"))
     return dict(text=text, outputs=outputs, store=result["store"])
 
 

@@ -1,9 +1,17 @@
 """`jaxface generate --sweep=SWEEP.json`: many attribute sets and seeds, grouped by static settings into
-batched, compiled calls."""
+batched, compiled calls.
+
+A sweep keeps every finished batch in `<sweep dir>/partial/` (one .npz per image: the float image and its
+results record). Ctrl-C stops it with exit 130, and running the same command again renders only what is
+missing; the folder goes once results.json and the summaries are written. An item is reused only when its
+set, seed, method, model, mode, strength and settings and the fitted model and classifier checkpoint are
+the same (a key hashed from all of them), so a changed sweep or refit never mixes in stale images.
+"""
 from __future__ import annotations
 
 import collections
 import csv
+import hashlib
 import io
 import json
 import math
@@ -12,6 +20,7 @@ import pathlib
 import numpy as np
 
 from jaxface import files
+from jaxface.cgmm.fit import CGMM_DIR
 from jaxface.cgmm import targets as targets_lib
 from jaxface.evaluate import generation as metrics
 from jaxface.generate.output import GENERATE_DIR, check_name, set_line, slug, write_images
@@ -20,6 +29,13 @@ from jaxface.generate.settings import GenerateError, METHODS, settings_from_conf
 from jaxface.generate.targets import (
     Context, Item, check_choice, check_strength, default_strength, resolve_set, seeds_for,
 )
+
+
+PARTIAL_DIR = "partial"
+
+
+class SweepInterrupted(GenerateError):
+    """Ctrl-C during a sweep; the finished images are kept for the next run of the same sweep."""
 
 
 SWEEP_KEYS = ("attributes", "seeds", "num", "seed", "mode", "model", "method", "strength", "steps", "settings",
@@ -74,26 +90,87 @@ def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None) -> tuple[
                          strength=strength, seeds=seeds, settings=settings.as_dict()))
         items += [Item(n, names, indices, s, mode, model, method, settings, strength) for s in seeds]
     labels = [s["label"] for s in sets]
+    if PARTIAL_DIR in labels:
+        raise GenerateError(f"--sweep: the label {PARTIAL_DIR!r} is reserved (the folder of an interrupted "
+                            "sweep's finished images); choose another")
     if len(set(labels)) != len(labels):
         raise GenerateError("--sweep: entry labels must be unique; got " + ", ".join(labels))
     return items, sets
 
 
+def _context_fingerprint(ctx: Context) -> str:
+    """What every image depends on besides its own entry: the fitted model and the classifier checkpoint."""
+    parts = {"checkpoint_step": int(getattr(ctx.clf.setup, "step", -1) or -1), "layer": ctx.store.layer}
+    for name in ("cgmm.npz", "cgmm.json"):
+        path = files.as_path(ctx.workdir / CGMM_DIR / name)
+        try:
+            parts[name] = hashlib.sha256(path.read_bytes()).hexdigest()  # a refit changes it
+        except OSError:
+            parts[name] = None
+    return json.dumps(parts, sort_keys=True)
+
+
+def _item_key(fingerprint: str, info: dict, item: Item) -> str:
+    spec = json.dumps({"context": fingerprint, "label": info["label"], "attributes": list(item.names),
+                       "seed": int(item.seed), "method": item.method, "model": item.model, "mode": item.mode,
+                       "strength": float(item.strength), "settings": item.settings.as_dict()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(spec.encode()).hexdigest()[:24]
+
+
+def _save_partial(directory, key: str, image: np.ndarray, record: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, image=np.asarray(image, np.float32), record=np.asarray(json.dumps(record)))
+    files.write_bytes(directory / f"{key}.npz", buf.getvalue())  # atomic: a Ctrl-C never leaves half a file
+
+
+def _load_partial(directory, key: str):
+    path = files.as_path(directory / f"{key}.npz")
+    try:
+        if not path.exists():
+            return None
+        with np.load(io.BytesIO(path.read_bytes())) as data:
+            return np.asarray(data["image"]), json.loads(str(data["record"]))
+    except Exception:  # noqa: BLE001 - an unreadable leftover is rendered again, not an error
+        return None
+
+
 def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
     items, sets = read_sweep(ctx, sweep_path, seed, steps)
     directory = ctx.workdir / GENERATE_DIR / check_name(name or f"sweep_{slug(pathlib.Path(str(sweep_path)).stem)}")
+    partial = directory / PARTIAL_DIR
+    fingerprint = _context_fingerprint(ctx)
+    keys = [_item_key(fingerprint, sets[item.set_index], item) for item in items]
     groups = collections.OrderedDict()
     for row, item in enumerate(items):
         groups.setdefault((item.method, item.settings), []).append(row)
     images = [None] * len(items)
     records: list = [None] * len(items)
+    for row, key in enumerate(keys):
+        kept = _load_partial(partial, key)
+        if kept is not None:
+            images[row], records[row] = kept
+    reused = sum(image is not None for image in images)
+    if reused and verbose:
+        print(f"resuming: {reused} of {len(items)} image(s) already in {partial}", flush=True)
     calls = 0
-    for g, ((method, settings), rows) in enumerate(groups.items()):
-        group_items = [items[r] for r in rows]
-        rendered = render_items(ctx, group_items, verbose=verbose, label=f"group {g + 1}/{len(groups)} ({method})")
-        calls += -(-len(rows) // settings.max_batch)
-        for j, (r, rec) in enumerate(zip(rows, evaluate_items(ctx, group_items, rendered))):
-            images[r], records[r] = rendered["images"][j], rec
+    try:
+        for g, ((method, settings), rows) in enumerate(groups.items()):
+            todo = [r for r in rows if images[r] is None]
+            for start in range(0, len(todo), settings.max_batch):
+                chunk = todo[start : start + settings.max_batch]
+                chunk_items = [items[r] for r in chunk]
+                label = f"group {g + 1}/{len(groups)} ({method}), {start + len(chunk)} of {len(todo)} to render"
+                rendered = render_items(ctx, chunk_items, verbose=verbose, label=label)
+                calls += 1
+                for j, (r, rec) in enumerate(zip(chunk, evaluate_items(ctx, chunk_items, rendered))):
+                    images[r], records[r] = rendered["images"][j], rec
+                    _save_partial(partial, keys[r], images[r], rec)
+    except KeyboardInterrupt:
+        done = sum(image is not None for image in images)
+        raise SweepInterrupted(
+            f"interrupted: {done} of {len(items)} image(s) are kept in {partial}; run the same command again "
+            "to render the rest") from None
     outputs, summaries, lines = [], [], []
     for info in sets:
         rows = [r for r, item in enumerate(items) if item.set_index == info["index"]]
@@ -111,10 +188,13 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
     outputs.append(files.write_json(directory / "results.json", records))
     outputs.append(files.write_json(directory / "summary.json", summaries))
     outputs.append(files.write_text(directory / "summary.csv", _summary_csv(summaries)))
+    if files.is_main_process() and files.as_path(partial).exists():
+        files.as_path(partial).rmtree()  # every image is in the outputs now
     text = "\n".join([f"sweep of {len(sets)} set(s), {len(items)} image(s) in {len(groups)} settings group(s), "
-                      f"{calls} batched call(s)"] + lines)
+                      f"{calls} batched call(s)" + (f", {reused} reused from an interrupted run" if reused else "")]
+                     + lines)
     return dict(text=text, outputs=outputs, records=records, summary=summaries, directory=directory,
-                groups=len(groups), calls=calls)
+                groups=len(groups), calls=calls, reused=reused)
 
 
 def _summary_csv(summaries: list[dict]) -> str:

@@ -48,7 +48,32 @@ struct Plan {
   dnnl::memory::desc user_weights;                     // KH,KW,I,O
   bool reorder = false;                                // weights != user_weights
   dnnl::reorder weights_reorder;  // user -> primitive (forward, backward data); back (weights)
+  // Scratchpads are the caller's (scratchpad_mode::user), one per call: oneDNN's own ("library")
+  // scratchpad is shared by all primitives unless it was built for concurrent execution, and XLA runs
+  // independent calls (a layer's data and weight gradients) on two threads at once. Sharing it crashed
+  // VGG-Face's gradient at 32 px.
+  dnnl::memory::desc scratchpad, reorder_scratchpad;
 };
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// A scratchpad of `desc`'s size in a buffer owned by the calling thread and reused by its later calls
+// (a fresh allocation per call cost 15% of a training step in page faults). An XLA thread runs one
+// call at a time; `slot` keeps a weight reorder's scratchpad apart from its convolution's.
+dnnl::memory ThreadScratchpad(const dnnl::memory::desc& desc, int slot) {
+  constexpr size_t kAlign = 64;
+  thread_local std::vector<char> buffers[2];
+  std::vector<char>& buffer = buffers[slot];
+  const size_t bytes = desc.get_size() + kAlign;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  const auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  void* aligned = reinterpret_cast<void*>((address + kAlign - 1) / kAlign * kAlign);
+  return dnnl::memory(desc, Engine(), aligned);
+}
 
 std::shared_ptr<Plan> MakePlan(const Key& k) {
   using dt = dnnl::memory::data_type;
@@ -67,37 +92,42 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
   const auto algorithm = dnnl::algorithm::convolution_direct;
   dnnl::convolution_forward::primitive_desc forward(Engine(), dnnl::prop_kind::forward_training,
                                                     algorithm, src, any_weights, dst, strides,
-                                                    pad_l, pad_r);
+                                                    pad_l, pad_r, UserScratchpad());
   if (k[0] == kForward) {
     plan->primitive = dnnl::convolution_forward(forward);
     plan->weights = forward.weights_desc();
+    plan->scratchpad = forward.scratchpad_desc();
   } else if (k[0] == kForwardBiasRelu) {
     dnnl::post_ops relu;
     relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-    dnnl::primitive_attr attr;
+    dnnl::primitive_attr attr = UserScratchpad();
     attr.set_post_ops(relu);
     dnnl::convolution_forward::primitive_desc fused(
         Engine(), dnnl::prop_kind::forward_training, algorithm, src, any_weights,
         dnnl::memory::desc({o}, dt::f32, tag::a), dst, strides, pad_l, pad_r, attr);
     plan->primitive = dnnl::convolution_forward(fused);
     plan->weights = fused.weights_desc();
+    plan->scratchpad = fused.scratchpad_desc();
   } else if (k[0] == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc backward(
-        Engine(), algorithm, src, any_weights, dst, strides, pad_l, pad_r, forward);
+        Engine(), algorithm, src, any_weights, dst, strides, pad_l, pad_r, forward, UserScratchpad());
     plan->primitive = dnnl::convolution_backward_data(backward);
     plan->weights = backward.weights_desc();
+    plan->scratchpad = backward.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc backward(
-        Engine(), algorithm, src, any_weights, dst, strides, pad_l, pad_r, forward);
+        Engine(), algorithm, src, any_weights, dst, strides, pad_l, pad_r, forward, UserScratchpad());
     plan->primitive = dnnl::convolution_backward_weights(backward);
     plan->weights = backward.diff_weights_desc();
+    plan->scratchpad = backward.scratchpad_desc();
   }
   plan->reorder = plan->weights != plan->user_weights;
   if (plan->reorder) {
     const bool to_user = k[0] == kBackwardWeights;
-    plan->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
-        Engine(), to_user ? plan->weights : plan->user_weights, Engine(),
-        to_user ? plan->user_weights : plan->weights));
+    dnnl::reorder::primitive_desc reorder(Engine(), to_user ? plan->weights : plan->user_weights, Engine(),
+                                          to_user ? plan->user_weights : plan->weights, UserScratchpad());
+    plan->weights_reorder = dnnl::reorder(reorder);
+    plan->reorder_scratchpad = reorder.scratchpad_desc();
   }
   return plan;
 }
@@ -160,27 +190,37 @@ ffi::Error Run(Kind kind, float* in, float* weights, float* out, float* bias, ff
     const bool reorder = plan->reorder && !packed;
     dnnl::memory given(packed ? plan->weights : plan->user_weights, Engine(), weights);
     dnnl::memory used = reorder ? dnnl::memory(plan->weights, Engine()) : given;
-    if (reorder && kind != kBackwardWeights) plan->weights_reorder.execute(stream, given, used);
+    dnnl::memory scratchpad = ThreadScratchpad(plan->scratchpad, 0);  // this call's own (see Plan)
+    auto reorder_weights = [&](dnnl::memory& from, dnnl::memory& to) {
+      dnnl::memory reorder_scratchpad = ThreadScratchpad(plan->reorder_scratchpad, 1);
+      plan->weights_reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                             {DNNL_ARG_SCRATCHPAD, reorder_scratchpad}});
+    };
+    if (reorder && kind != kBackwardWeights) reorder_weights(given, used);
     if (kind == kForward) {
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
                                        {DNNL_ARG_WEIGHTS, used},
-                                       {DNNL_ARG_DST, out_memory}});
+                                       {DNNL_ARG_DST, out_memory},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else if (kind == kForwardBiasRelu) {
       dnnl::memory bias_memory({{key[7]}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::a},
                                Engine(), bias);
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
                                        {DNNL_ARG_WEIGHTS, used},
                                        {DNNL_ARG_BIAS, bias_memory},
-                                       {DNNL_ARG_DST, out_memory}});
+                                       {DNNL_ARG_DST, out_memory},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else if (kind == kBackwardData) {
       plan->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, in_memory},
                                        {DNNL_ARG_WEIGHTS, used},
-                                       {DNNL_ARG_DIFF_DST, out_memory}});
+                                       {DNNL_ARG_DIFF_DST, out_memory},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else {
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, in_memory},
                                        {DNNL_ARG_DIFF_WEIGHTS, used},
-                                       {DNNL_ARG_DIFF_DST, out_memory}});
-      if (reorder) plan->weights_reorder.execute(stream, used, given);
+                                       {DNNL_ARG_DIFF_DST, out_memory},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (reorder) reorder_weights(used, given);
     }
     stream.wait();
   } catch (const dnnl::error& e) {
@@ -323,7 +363,7 @@ int64_t SlabTiles(int64_t c, int64_t o) {
 
 struct MatmulPlan {
   dnnl::matmul primitive;
-  dnnl::memory::desc tiles, kernel, products;
+  dnnl::memory::desc tiles, kernel, products, scratchpad;  // scratchpad: the caller's, see Plan
 };
 
 // key = {P, C, O, input_gradient}: (16, P, C) @ (16, C, O), or with input_gradient
@@ -339,8 +379,9 @@ std::shared_ptr<MatmulPlan> MakeMatmulPlan(const MatmulKey& key) {
   plan->tiles = dnnl::memory::desc({16, p, c}, dt::f32, {TilePositionStride(p, c), c, 1});
   plan->kernel = dnnl::memory::desc({16, c, o}, dt::f32, input_gradient ? tag::acb : tag::abc);
   plan->products = dnnl::memory::desc({16, p, o}, dt::f32, {TilePositionStride(p, o), o, 1});
-  plan->primitive = dnnl::matmul(
-      dnnl::matmul::primitive_desc(Engine(), plan->tiles, plan->kernel, plan->products));
+  dnnl::matmul::primitive_desc desc(Engine(), plan->tiles, plan->kernel, plan->products, UserScratchpad());
+  plan->primitive = dnnl::matmul(desc);
+  plan->scratchpad = desc.scratchpad_desc();
   return plan;
 }
 
@@ -530,9 +571,11 @@ ffi::Error Winograd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mask, ffi::Bu
         InputTile(grid, first + t, in, c, zeros, slot, tiles + t * c, tiles_step);
       dnnl::memory tiles_memory(plan->tiles, Engine(), tiles);
       dnnl::memory products_memory(plan->products, Engine(), products);
+      dnnl::memory scratchpad = ThreadScratchpad(plan->scratchpad, 0);
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, tiles_memory},
                                        {DNNL_ARG_WEIGHTS, kernel_memory},
-                                       {DNNL_ARG_DST, products_memory}});
+                                       {DNNL_ARG_DST, products_memory},
+                                       {DNNL_ARG_SCRATCHPAD, scratchpad}});
       stream.wait();
 #pragma omp parallel for schedule(static)
       for (int64_t t = 0; t < count; ++t) {
