@@ -127,8 +127,6 @@ def _save_partial(directory, key: str, image: np.ndarray, record: dict) -> None:
 def _load_partial(directory, key: str):
     path = files.as_path(directory / f"{key}.npz")
     try:
-        if not path.exists():
-            return None
         with np.load(io.BytesIO(path.read_bytes())) as data:
             return np.asarray(data["image"]), json.loads(str(data["record"]))
     except Exception:  # noqa: BLE001 - an unreadable leftover is rendered again, not an error
@@ -146,8 +144,10 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
         groups.setdefault((item.method, item.settings), []).append(row)
     images = [None] * len(items)
     records: list = [None] * len(items)
+    partial_path = files.as_path(partial)
+    saved = {p.stem for p in partial_path.glob("*.npz")} if partial_path.exists() else set()  # one listing
     for row, key in enumerate(keys):
-        kept = _load_partial(partial, key)
+        kept = _load_partial(partial, key) if key in saved else None
         if kept is not None:
             images[row], records[row] = kept
     reused = sum(image is not None for image in images)

@@ -48,7 +48,7 @@ struct Plan {
   dnnl::memory::desc user_weights;                     // KH,KW,I,O
   bool reorder = false;                                // weights != user_weights
   dnnl::reorder weights_reorder;  // user -> primitive (forward, backward data); back (weights)
-  // Scratchpads are the caller's (scratchpad_mode::user), one per call: oneDNN's own ("library")
+  // Scratchpads are the caller's (scratchpad_mode::user), one per XLA thread (ThreadScratchpad): oneDNN's own ("library")
   // scratchpad is shared by all primitives unless it was built for concurrent execution, and XLA runs
   // independent calls (a layer's data and weight gradients) on two threads at once. Sharing it crashed
   // VGG-Face's gradient at 32 px.
