@@ -27,7 +27,7 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
         # oneDNN convolutions for XLA:CPU (jaxface/kernels/onednn.py); headers and libdnnl for the build.
         "onednn": [
             "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",

@@ -5,6 +5,7 @@ outputs under WORKDIR and prints their paths. User mistakes end in one `error: .
 """
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import sys
@@ -112,13 +113,21 @@ def cmd_evaluate(argv):
     from jaxface.evaluate import detection, evaluators
     from jaxface.train import trainer
 
+    from jaxface import files
+
     config = _config()
     workdir = _workdir()
-    if FLAGS.data_root:
+    if FLAGS.output_dir:
+        out_dir = files.as_path(FLAGS.output_dir)
+    elif FLAGS.data_root:
         out_dir = workdir / "eval" / ("cross_" + pathlib.Path(FLAGS.data_root).resolve().name)
+    else:
+        out_dir = workdir / "eval"
+    files.check_writable(out_dir)  # a read-only workdir fails before the evaluation, not after it
+    if FLAGS.data_root:
         result = detection.evaluate_on_folder(trainer.load_for_inference(workdir), FLAGS.data_root, out_dir)
     else:
-        result = evaluators.evaluate_split(trainer.load_for_inference(workdir, config), FLAGS.split)
+        result = evaluators.evaluate_split(trainer.load_for_inference(workdir, config), FLAGS.split, out_dir)
     print(result["text"])
     _print_outputs(result["outputs"])
 
@@ -276,6 +285,8 @@ def _flags_evaluate():
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
     flags.DEFINE_string("data_root", None, "Evaluate a trained detector on another real/fake folder "
                         "(ROOT/real/**, ROOT/fake/**): cross-dataset evaluation.")
+    flags.DEFINE_string("output_dir", None, "Where the report goes (default WORKDIR/eval, or "
+                        "WORKDIR/eval/cross_NAME with --data_root): e.g. for a workdir you may only read.")
 
 
 def _flags_fit_cgmm():
@@ -388,6 +399,20 @@ def _resolve_config_path(args: list[str]) -> list[str]:
     return out
 
 
+# File-system failures that are the environment's, not a bug: one line and exit 1, never a traceback.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def _environment_error_text(err: BaseException) -> str | None:
+    if not isinstance(err, OSError) or err.errno not in _ENVIRONMENT_ERRNOS:
+        return None
+    if err.strerror is None:  # a message of ours (checkpoint.CheckpointWriteError) says it all
+        return str(err)
+    where = f"cannot write {err.filename}" if err.filename else "a file operation failed"
+    return (f"{where}: {err.strerror} (check the folder's permissions and free space, or choose another "
+            "folder: --workdir, or --output_dir where the command has one)")
+
+
 def _is_user_error(err: BaseException) -> bool:
     if isinstance(err, (UsageError, FileNotFoundError, FileExistsError)):
         return True
@@ -486,10 +511,21 @@ def run(argv: list[str] | None = None):
             # Before anything touches a device: a multi-process launch must initialise first.
             parallel.maybe_initialize_distributed(FLAGS["config"].value if "config" in FLAGS else None)
             fn(rest)
+        except KeyboardInterrupt as interrupt:  # a command without its own Ctrl-C handling
+            from jaxface import files
+
+            done = ("after finishing the files it was writing" if isinstance(interrupt, files.DeferredInterrupt)
+                    else "before it finished; every file it writes is written whole, so none is half-written")
+            print(f"error: interrupted (Ctrl-C); jaxface {name} stopped {done}", file=sys.stderr)
+            sys.exit(130)
         except Exception as err:  # noqa: BLE001 - user mistakes become one line; bugs keep their trace
             if _is_user_error(err):
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
+            environment = _environment_error_text(err)
+            if environment is not None:
+                print(f"error: {environment}", file=sys.stderr)
+                sys.exit(1)
             raise
 
     app.run(main, argv=[f"jaxface {name}"] + args, flags_parser=_parse_flags)

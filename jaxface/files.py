@@ -10,6 +10,7 @@ umask), readable by teammates on a shared workdir.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -81,6 +82,23 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def check_writable(directory) -> None:
+    """Fails at once, with the OS's reason, when DIRECTORY could not be created or written (a read-only
+    file system, no permission), so that a command finds out before its work instead of after it.
+    Creates nothing; URL folders are not checked (their writes report their own errors)."""
+    directory = as_path(directory)
+    if not is_local(directory):
+        return
+    probe = pathlib.Path(os.fspath(directory)).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if os.access(probe, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    code = errno.EROFS if read_only else errno.EACCES
+    raise OSError(code, os.strerror(code), str(directory))
 
 
 def write_text(path, text: str) -> epath.Path:

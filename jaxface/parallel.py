@@ -14,6 +14,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxface import faults
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
@@ -149,4 +151,5 @@ def gather_outputs(predict, state, batches) -> dict[str, np.ndarray]:
         valid = np.asarray(out.pop("valid"), bool)
         for k, v in out.items():
             chunks.setdefault(k, []).append(np.asarray(v)[valid])
+        faults.hit("eval_batch")
     return {k: np.concatenate(v) for k, v in chunks.items()}

@@ -1,9 +1,11 @@
 """Test-wide set-up: 8 simulated CPU devices, fixed before JAX initialises, so sharding paths run."""
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# Once: pytest-xdist's workers inherit the controller's environment and import this file again.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session and the CLI subprocesses it starts: most tests build
 # the same tiny models, and recompiling their identical programs was most of the suite's CPU time.

@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxface"
 
 # Lowest first. A module may import its own layer and the layers before it.
 LAYERS = (
-    ("base", ("kernels", "parallel", "files", "config", "plots", "registry")),
+    ("base", ("kernels", "parallel", "files", "faults", "config", "plots", "registry")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("train", ("train",)),

@@ -207,8 +207,11 @@ def test_training_steps_at_32_px_run_on_one_device():
     import os
     import subprocess
 
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", ""))
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if flags:  # an empty XLA_FLAGS would be read as a file name
+        env["XLA_FLAGS"] = " ".join(flags)
     out = subprocess.run([sys.executable, "-c", _TRAIN_STEPS_AT_32_PX], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])

@@ -91,7 +91,7 @@ def _final_params(workdir):
                               jax.tree_util.tree_flatten_with_path(pure)[0]}
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_or_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = 30
     env = dict(os.environ)
     # the uninterrupted run goes alongside the killed one (independent processes; saves wall time)
@@ -115,30 +115,36 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run(_cli(tmp_path / "killed", steps), cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from checkpoint step" in resumed.stdout
+    # Ctrl-C between two checkpoints (step 7; they are every 3): the step is saved, and resuming from it
+    # continues exactly too.
+    ctrl_c = _interrupted_at(tmp_path / "ctrl_c", steps, signal.SIGINT, 7)
+    assert ctrl_c.returncode == 130 and "SIGINT: saved checkpoint step 7" in ctrl_c.stdout, ctrl_c.stderr
+    resumed = subprocess.run(_cli(tmp_path / "ctrl_c", steps), cwd=REPO, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming from checkpoint step 7" in resumed.stdout, resumed.stderr
     full.wait(timeout=600)
     assert full.returncode == 0, full_log.read_text()
     step_a, a = _final_params(tmp_path / "full")
-    step_b, b = _final_params(tmp_path / "killed")
-    assert step_a == step_b == steps
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for run in ("killed", "ctrl_c"):
+        step_b, b = _final_params(tmp_path / run)
+        assert step_a == step_b == steps
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{run}: {k}")
+
+
+def _interrupted_at(workdir, steps, sig, at_step):
+    """The CLI run with the signal delivered as step AT_STEP finishes (faults.py's hook: no sleeps)."""
+    env = dict(os.environ, JAXFACE_FAULTS=f"train_step@{at_step}={sig.name}")
+    return subprocess.run(_cli(workdir, steps), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_cleanly(tmp_path, sig, status):
-    proc = subprocess.Popen(_cli(tmp_path, 100000), cwd=REPO, env=dict(os.environ),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:
-        if line.startswith("step 2/") or time.time() > deadline:
-            break
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == status, out
+    done = _interrupted_at(tmp_path, 30, sig, 5)
+    out = done.stdout + done.stderr
+    assert done.returncode == status, out
     assert "KeyboardInterrupt" not in out and "Traceback" not in out
-    assert f"{sig.name}: saved checkpoint step" in out
-    step = int(out.split(f"{sig.name}: saved checkpoint step ")[1].split()[0])
-    assert step in [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert f"{sig.name}: saved checkpoint step 5 in" in out
+    assert 5 in [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_a_run_that_fails_validation_leaves_config_json_as_it_was(tmp_path):

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxface import files, parallel
+from jaxface import faults, files, parallel
 from jaxface.cgmm import joint as joint_lib
 from jaxface.cgmm import stats as stats_lib
 from jaxface.cgmm import store as store_lib
@@ -205,6 +205,7 @@ def activation_batches(setup, cfg, split: str, source, tap, tap_state, layer: st
             acts=out[layer], attributes=batch["attributes"], attribute_mask=batch["attribute_mask"],
             valid=batch["valid"], index=batch.get("index"), image=batch["image"],
         )
+        faults.hit("fit_batch")
 
 
 def _host_rows(array) -> np.ndarray:

@@ -151,7 +151,11 @@ def calibrate(setup, *, split: str = "val") -> dict:
         cal = {"threshold_logit": 0.0, "method": "fixed", "num_examples": 0,
                "note": f"no usable {split} split ({err}); kept p=0.5"}
     cal.update(split=split, threshold=float(sigmoid(cal["threshold_logit"])), step=setup.step)
-    files.write_json(files.as_path(setup.workdir) / CALIBRATION_FILE, cal)
+    try:
+        files.write_json(files.as_path(setup.workdir) / CALIBRATION_FILE, cal)
+    except OSError as err:  # a workdir the user may only read: the threshold is still right, just not kept
+        logging.warning("could not save %s (%s); it is recomputed on every run",
+                        files.as_path(setup.workdir) / CALIBRATION_FILE, err.strerror or err)
     return cal
 
 

@@ -36,5 +36,6 @@ def evaluate_split(setup, split: str = "test", out_dir=None) -> dict:
     outputs = predict_source(setup, source, split)
     metrics = setup.task.summarize(outputs)
     metrics["split"] = split
-    metrics, text, written = REPORTS[setup.task.name](setup, outputs, metrics, out_dir)
+    with files.ctrl_c_deferred("writing the evaluation report"):  # its files change together
+        metrics, text, written = REPORTS[setup.task.name](setup, outputs, metrics, out_dir)
     return {"metrics": metrics, "text": text, "outputs": written}

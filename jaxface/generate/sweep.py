@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from jaxface import files
+from jaxface import faults, files
 from jaxface.cgmm.fit import CGMM_DIR
 from jaxface.cgmm import targets as targets_lib
 from jaxface.evaluate import generation as metrics
@@ -166,6 +166,7 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
                 for j, (r, rec) in enumerate(zip(chunk, evaluate_items(ctx, chunk_items, rendered))):
                     images[r], records[r] = rendered["images"][j], rec
                     _save_partial(partial, keys[r], images[r], rec)
+                faults.hit("sweep_batch")
     except KeyboardInterrupt:
         done = sum(image is not None for image in images)
         raise SweepInterrupted(

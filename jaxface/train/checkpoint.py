@@ -7,12 +7,16 @@ checkpoint is unreadable is an error, never a silent restart from scratch.
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxface import files
+from jaxface import faults, files
 from jaxface.train.optim import path_to_str
 
 CHECKPOINT_DIR = "checkpoints"
@@ -20,6 +24,15 @@ CHECKPOINT_DIR = "checkpoints"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or written by a model of another shape."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a read-only or vanished folder): the steps
+    already saved are intact, and the message says which one a rerun resumes from."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
 
 
 def _is_key(x) -> bool:
@@ -64,7 +77,83 @@ def manager(workdir, *, keep: int = 3, create: bool = True) -> ocp.CheckpointMan
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
+# Room kept free beyond the checkpoint's own bytes (metadata, the metrics log, other files).
+_SPARE_BYTES = 1 << 20
+
+
+def _state_bytes(tree) -> int:
+    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and not _is_key(x))
+
+
+def _write_failure(mngr, step: int, err: BaseException) -> CheckpointWriteError | None:
+    """The one-line error for a save that failed on the file system, else None (not a write failure).
+    orbax reports TensorStore's failures as ValueErrors carrying the OS reason in their text."""
+    text = str(err)
+    code = getattr(err, "errno", None)
+    if code is None:
+        code = next((c for c in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+                     if os.strerror(c) in text), None)
+    if code is None and not isinstance(err, OSError):
+        return None
+    kept = [s for s in mngr.all_steps() if s != step]
+    why = os.strerror(code) if code is not None else (text.strip().splitlines() or [""])[0][:160]
+    return CheckpointWriteError(
+        f"could not write checkpoint step {step} in {mngr.directory}: {why}. "
+        + (f"The checkpoints already saved are intact (latest: step {max(kept)}); " if kept
+           else "No earlier checkpoint exists; ")
+        + "free some space (or use another --workdir) and run the same command again to resume", code)
+
+
+def check_room(mngr, step: int, *, model_state, opt_state) -> None:
+    """Refuses a save that cannot fit on a local disk before writing a byte of it, so that a full disk
+    ends the run with one line while every saved step stays whole. Waits for the previous save first
+    (orbax would before starting the next one anyway), so that its bytes are counted as used."""
+    directory = files.as_path(mngr.directory)
+    if not files.is_local(directory) or not directory.exists():
+        return
+    mngr.wait_until_finished()
+    needed = _state_bytes(model_state) + _state_bytes(opt_state) + _SPARE_BYTES
+    free = shutil.disk_usage(str(directory)).free
+    if free < needed:
+        raise CheckpointWriteError(
+            f"not enough disk space for checkpoint step {step} in {mngr.directory}: it needs about "
+            f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. "
+            + (f"The checkpoints already saved are intact (latest: step {mngr.latest_step()}); "
+               if mngr.latest_step() is not None else "No earlier checkpoint exists; ")
+            + "free some space (or use another --workdir) and run the same command again to resume",
+            errno.ENOSPC)
+
+
 def save(mngr, step: int, *, model_state, opt_state, meta: dict, data_iterator=None, force=False) -> bool:
+    """Saves one step (asynchronously where orbax can). A write that fails on the file system, now or
+    in the background write of the previous save, is a CheckpointWriteError naming what is intact."""
+    try:
+        check_room(mngr, step, model_state=model_state, opt_state=opt_state)
+        faults.hit("checkpoint_save")
+        return _save(mngr, step, model_state=model_state, opt_state=opt_state, meta=meta,
+                     data_iterator=data_iterator, force=force)
+    except CheckpointWriteError:
+        raise
+    except Exception as err:  # noqa: BLE001 - only file-system failures are translated
+        failure = _write_failure(mngr, step, err)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def wait_until_finished(mngr, step: int) -> None:
+    """Waits for the background write of STEP; a file-system failure becomes a CheckpointWriteError."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as err:  # noqa: BLE001
+        failure = _write_failure(mngr, step, err)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+def _save(mngr, step: int, *, model_state, opt_state, meta: dict, data_iterator=None, force=False) -> bool:
     items = {
         "model": ocp.args.StandardSave(keys_to_data(model_state)),
         "opt": ocp.args.StandardSave(keys_to_data(opt_state)),
