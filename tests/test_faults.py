@@ -195,16 +195,53 @@ def test_ctrl_c_during_evaluate_exits_130_and_keeps_the_previous_report(trained,
     assert _digests(workdir / "eval") == before
 
 
-def test_ctrl_c_during_fit_cgmm_leaves_the_fitted_store_as_it_was(trained, tmp_path):
-    workdir = tmp_path / "run"
+def _fit_cgmm(workdir):
+    return _jaxface("fit-cgmm", "--config=configs/generate/synthfaces_tiny.py", f"--workdir={workdir}",
+                    *[f"--config.{k}={v}" for k, v in GEN_OVERRIDES.items()])
+
+
+@pytest.fixture(scope="module")
+def fitted(trained, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("faults_fitted") / "run"
     shutil.copytree(trained, workdir)
-    fit = _jaxface("fit-cgmm", "--config=configs/generate/synthfaces_tiny.py", f"--workdir={workdir}",
-                   *[f"--config.{k}={v}" for k, v in GEN_OVERRIDES.items()], "--config.generate.min_count=5")
-    first = _run(fit)
-    assert first.returncode == 0, first.stderr
+    done = _run(_fit_cgmm(workdir))
+    assert done.returncode == 0, done.stderr
+    return workdir
+
+
+def test_ctrl_c_during_fit_cgmm_leaves_the_fitted_store_as_it_was(fitted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(fitted, workdir)
     before = _digests(workdir / "cgmm")
-    cut = _run(fit, faults_spec="fit_batch@1=SIGINT")
+    cut = _run(_fit_cgmm(workdir), faults_spec="fit_batch@1=SIGINT")
     assert cut.returncode == 130, cut.stderr
     assert _error_lines(cut.stderr) == [
         f"error: interrupted; {workdir / 'cgmm'}: nothing was written; a fitted model already there is unchanged"]
     assert _digests(workdir / "cgmm") == before
+
+
+@pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", -15)])
+def test_a_sweep_stopped_after_its_first_batch_keeps_it_and_a_rerun_renders_only_the_rest(
+        fitted, tmp_path, sig, status):
+    """Ctrl-C: exit 130 and one line. SIGTERM (the default action, no handler): the process ends at once,
+    yet the batch it finished is on disk, written whole. Either way the same command then finishes the
+    sweep and reuses that image."""
+    workdir = tmp_path / "run"
+    shutil.copytree(fitted, workdir)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text('[{"attributes": "Male", "seeds": [0, 1, 2], "settings": {"max_batch": 1}, "steps": 2}]')
+    command = _jaxface("generate", f"--workdir={workdir}", f"--sweep={sweep}", "--name=cut")
+    partial = workdir / "generate" / "cut" / "partial"
+    cut = _run(command, faults_spec=f"sweep_batch@1={sig}")
+    assert cut.returncode == status, cut.stderr
+    assert "Traceback" not in cut.stderr
+    if sig == "SIGINT":
+        assert _error_lines(cut.stderr)[-1] == (
+            f"error: interrupted: 1 of 3 image(s) are kept in {partial}; run the same command again to "
+            "render the rest"), cut.stderr
+    assert len(list(partial.glob("*.npz"))) == 1
+    assert not (workdir / "generate" / "cut" / "results.json").exists()
+    rerun = _run(command)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming: 1 of 3 image(s) already in {partial}" in rerun.stdout
+    assert (workdir / "generate" / "cut" / "results.json").is_file() and not partial.exists()
