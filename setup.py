@@ -25,6 +25,7 @@ setup(
         "tensorboardX>=2.6",
         "scipy>=1.11",
         "safetensors>=0.4",
+        "filelock>=3.12",  # JAX's compilation cache needs it to bound its size (parallel.enable_compilation_cache)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],

@@ -50,6 +50,56 @@ def apply_vgg_cpu_xla_flags(environ: dict | None = None) -> bool:
     return True
 
 
+COMPILATION_CACHE_ENV = "JAXFACE_COMPILATION_CACHE"
+COMPILATION_CACHE_MAX_BYTES = 4 << 30  # least recently used programs are dropped beyond this
+CACHE_MIN_COMPILE_SECONDS = 0.05
+
+
+def compilation_cache_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where compiled programs are kept between commands: $JAXFACE_COMPILATION_CACHE, else
+    $XDG_CACHE_HOME/jaxface/xla (~/.cache/jaxface/xla); None when that variable is 'off'."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(COMPILATION_CACHE_ENV, "").strip()
+    if value.lower() in ("off", "0", "none", "false", "no"):
+        return None
+    if value:
+        return os.path.expanduser(value)
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxface", "xla")
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache for this process; -> the folder, or None when off.
+
+    A second `jaxface` command of the same model reuses the first one's compiled programs instead of
+    compiling them again; processes may share the folder (entries are written whole, then renamed).
+    JAX_COMPILATION_CACHE_DIR, when set, is JAX's own setting and wins. A folder that cannot be created
+    turns the cache off with one warning.
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        logging.warning("compilation cache off: cannot create %s (%s); set %s to another folder or to off",
+                        path, err.strerror or err, COMPILATION_CACHE_ENV)
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    # JAX keeps only programs that took 1 s to compile by default; a generate command also compiles about
+    # 30 small ones (0.1 s each, 3 s together), worth keeping too.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+    try:  # JAX bounds the folder (least recently used first) only with filelock installed
+        import filelock  # noqa: F401
+
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+    except ImportError:
+        pass
+    return path
+
+
 def maybe_initialize_distributed(config: Any = None) -> None:
     """Calls jax.distributed.initialize() when a multi-process launch asks for it, once.
 

@@ -162,3 +162,42 @@ def test_a_workdir_path_with_spaces_and_non_ascii_characters(tmp_path):
     assert f"wrote {workdir / 'config.json'}" in out.stdout
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
     assert json.loads((workdir / "config.json").read_text())["model"]["norm"] == "batch"  # the default
+
+
+def test_a_second_command_reuses_the_compiled_programs(tmp_path):
+    # The suite's own cache (JAX_COMPILATION_CACHE_DIR, JAX's setting, which wins) is left out here.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    cache = tmp_path / "xdg" / "jaxface" / "xla"
+
+    def train(workdir, **extra_env):
+        args = [sys.executable, "-m", "jaxface", "train", "--config=configs/attributes/synthfaces_tiny.py",
+                f"--workdir={workdir}", "--config.model.width=0.0625", "--config.model.input_size=32",
+                "--config.data.image_size=32", "--config.batch_size=16", "--config.num_train_steps=2",
+                "--config.eval_every_steps=0", "--config.data.num_train=64", "--config.data.num_val=16",
+                "--config.data.num_test=16"]
+        out = subprocess.run(args, cwd=REPO, env={**env, **extra_env}, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return {p.name: p.stat().st_mtime_ns for p in cache.glob("*-cache")} if cache.is_dir() else {}
+
+    first = train(tmp_path / "a")
+    assert any(name.startswith("jit_step") for name in first), first  # the training step was stored
+    # The same programs again: every one is read back (a recompile would rewrite its entry).
+    assert train(tmp_path / "b") == first
+
+
+def test_the_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from jaxface import parallel
+
+    home = os.path.expanduser("~")
+    assert parallel.compilation_cache_dir({}) == os.path.join(home, ".cache", "jaxface", "xla")
+    assert parallel.compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/jaxface/xla"
+    assert parallel.compilation_cache_dir({"JAXFACE_COMPILATION_CACHE": "~/x"}) == os.path.join(home, "x")
+    for off in ("off", "OFF", "0", "none"):
+        assert parallel.compilation_cache_dir({"JAXFACE_COMPILATION_CACHE": off}) is None
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("JAXFACE_COMPILATION_CACHE", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert parallel.enable_compilation_cache() is None and not any(tmp_path.iterdir())
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))  # JAX's own setting wins
+    assert parallel.enable_compilation_cache() == str(tmp_path / "jax")
