@@ -182,8 +182,10 @@ def test_a_second_command_reuses_the_compiled_programs(tmp_path):
 
     first = train(tmp_path / "a")
     assert any(name.startswith("jit_step") for name in first), first  # the training step was stored
-    # The same programs again: every one is read back (a recompile would rewrite its entry).
-    assert train(tmp_path / "b") == first
+    # The same programs again: every one stored is read back (a recompile would rewrite its entry). A
+    # program whose compile time is near the threshold may be stored by one run and not the other.
+    second = train(tmp_path / "b")
+    assert {name: second.get(name) for name in first} == first
 
 
 def test_the_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):

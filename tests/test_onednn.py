@@ -332,3 +332,34 @@ def test_build_without_onednn_says_what_to_install(monkeypatch, tmp_path, capsys
     assert onednn.main(["build"]) == 0  # optional: make goes on, on XLA's convolution
     assert "XLA's convolution will run" in capsys.readouterr().out
     assert onednn.main(["frobnicate"]) == 2
+
+
+_FIRST_USE = """
+import jax.numpy as jnp
+from jaxface.kernels import onednn
+assert onednn.applies(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))  # loads, building if it must
+print(onednn.describe())
+"""
+
+
+@pytest.mark.skipif(bool(onednn.build_problems()), reason="no compiler or oneDNN here to build with")
+def test_the_extension_is_built_at_first_use_once(tmp_path):
+    # `pip install` does not run `make`: the first convolution that would use oneDNN builds it, says so
+    # on stderr, and later processes load that build.
+    import os
+    import subprocess
+
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", onednn.ENV)}
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
+    env[onednn.KERNELS_DIR_ENV] = str(tmp_path / "kernels")
+    runs = [subprocess.run([sys.executable, "-c", _FIRST_USE], env=env, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith("onednn "), run.stdout
+    assert "building the oneDNN convolution once for this environment" in runs[0].stderr
+    assert "building" not in runs[1].stderr
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [onednn.library_path().name]

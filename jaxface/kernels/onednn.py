@@ -20,10 +20,12 @@ same result to float32 rounding (relative differences about 1e-6), 1.1-1.8x fast
 cores. JAXFACE_WINOGRAD chooses: auto (default: where it measured faster, see uses_winograd),
 always (every such convolution, for tests) or off (oneDNN's direct convolution only).
 
-Build once per environment (`make` does it): `python -m jaxface.kernels.onednn build`. It needs a
-C++17 compiler and the `onednn` extra (`pip install -e '.[onednn]'`, Linux x86-64), and writes the
-library next to libdnnl in the environment, named by a hash of the source, so an edited source is
-never run stale. `python -m jaxface.kernels.onednn status` says what a run would use and why.
+Built once per environment: by `make`, by `python -m jaxface.kernels.onednn build`, or else at the
+first convolution that would use it (a few seconds, said on stderr). It needs a C++17 compiler and the
+`onednn` extra (`pip install -e '.[onednn]'`, Linux x86-64). The library goes next to libdnnl in the
+environment, or to ~/.cache/jaxface/kernels when that is not writable ($JAXFACE_KERNELS_DIR chooses),
+named by a hash of the source, so an edited source is never run stale. Without it a run says once why
+it uses XLA's convolution. `python -m jaxface.kernels.onednn status` says what a run would use and why.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -46,6 +49,7 @@ from jax.sharding import PartitionSpec as P
 
 ENV = "JAXFACE_CONV"
 MODES = ("auto", "xla", "onednn")
+KERNELS_DIR_ENV = "JAXFACE_KERNELS_DIR"
 WINOGRAD_ENV = "JAXFACE_WINOGRAD"
 WINOGRAD_MODES = ("auto", "always", "off")
 WINOGRAD_GEOMETRY = ((3, 3), (1, 1), ((1, 1), (1, 1)))  # kernel size, strides, padding
@@ -74,9 +78,32 @@ def _ffi_include() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "include"
 
 
+def _library_dirs() -> list[Path]:
+    """Where the built library is looked for, in order: $JAXFACE_KERNELS_DIR alone when set; else the
+    environment's lib/jaxface, then the per-user cache (for an environment the user cannot write)."""
+    explicit = os.environ.get(KERNELS_DIR_ENV, "").strip()
+    if explicit:
+        return [Path(explicit).expanduser()]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return [_environment_dirs()[1] / "jaxface", Path(cache) / "jaxface" / "kernels"]
+
+
+def _writable(directory: Path) -> bool:
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return os.access(probe, os.W_OK | os.X_OK)
+
+
 def library_path() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return _environment_dirs()[1] / "jaxface" / f"onednn_conv-{digest}.so"
+    """The library built from this source: where it is, else where a build puts it (the first
+    writable folder of _library_dirs). Named by a hash of the source, so an edit is never run stale."""
+    name = f"onednn_conv-{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]}.so"
+    folders = _library_dirs()
+    for folder in folders:
+        if (folder / name).exists():
+            return folder / name
+    return next((folder for folder in folders if _writable(folder)), folders[0]) / name
 
 
 def _compiler() -> str | None:
@@ -132,8 +159,20 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """(library, None) once its handlers are registered with XLA, or (None, why not)."""
     path = library_path()
     if not path.exists():
-        return None, (f"the oneDNN convolution is not built for this source ({path.name} missing; "
-                      "run `python -m jaxface.kernels.onednn build`)")
+        # Built at first use where it can be (`pip install` does not run `make`): once per environment
+        # and source, a few seconds, said on stderr.
+        problems = build_problems()
+        if problems:
+            return None, "the oneDNN convolution cannot be built here: " + "; ".join(problems)
+        print(f"jaxface: building the oneDNN convolution once for this environment ({path}) ...",
+              file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            path = build()
+        except (ConvBackendError, OSError) as e:
+            return None, (f"building the oneDNN convolution failed ({(str(e).splitlines() or [''])[0][:200]}); "
+                          "`python -m jaxface.kernels.onednn build` shows the whole error")
+        print(f"jaxface: built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     try:
         lib = ctypes.CDLL(str(path))
         handlers = {name: getattr(lib, name) for name in _TARGETS}
@@ -217,9 +256,17 @@ def applies(inputs, kernel, *, feature_group_count: int = 1, dilated: bool = Fal
     if reason is not None:
         if mode() == "onednn":
             raise ConvBackendError(f"{ENV}=onednn but {reason}")
+        _note_fallback(reason)
         return False
     return (getattr(inputs, "ndim", 0) == 4 and getattr(kernel, "ndim", 0) == 4 and inputs.dtype == jnp.float32
             and kernel.dtype == jnp.float32 and feature_group_count == 1 and not dilated)
+
+
+@functools.cache
+def _note_fallback(reason: str) -> None:
+    """Once per process: a run that could have used oneDNN says why it does not (not silently slower)."""
+    print(f"jaxface: VGG-Face convolutions run on XLA's convolution, 1.5-3x slower on CPU, because {reason} "
+          f"(set {ENV}=xla to choose it and silence this)", file=sys.stderr, flush=True)
 
 
 def runs_here(mesh_devices: int = 1) -> bool:
