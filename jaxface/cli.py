@@ -110,10 +110,9 @@ def cmd_train(argv):
 
 def cmd_evaluate(argv):
     """Evaluate the latest checkpoint in WORKDIR on the test split (or another folder); writes WORKDIR/eval/."""
+    from jaxface import files
     from jaxface.evaluate import detection, evaluators
     from jaxface.train import trainer
-
-    from jaxface import files
 
     config = _config()
     workdir = _workdir()

@@ -84,19 +84,26 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> epath.Path:
     return path
 
 
+def _nearest_existing(directory) -> pathlib.Path:
+    probe = pathlib.Path(os.fspath(directory)).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def writable(directory) -> bool:
+    """Could this local folder be created (where missing) and written to?"""
+    return os.access(_nearest_existing(directory), os.W_OK | os.X_OK)
+
+
 def check_writable(directory) -> None:
     """Fails at once, with the OS's reason, when DIRECTORY could not be created or written (a read-only
     file system, no permission), so that a command finds out before its work instead of after it.
     Creates nothing; URL folders are not checked (their writes report their own errors)."""
     directory = as_path(directory)
-    if not is_local(directory):
+    if not is_local(directory) or writable(directory):
         return
-    probe = pathlib.Path(os.fspath(directory)).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if os.access(probe, os.W_OK | os.X_OK):
-        return
-    read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    read_only = bool(os.statvfs(_nearest_existing(directory)).f_flag & os.ST_RDONLY)
     code = errno.EROFS if read_only else errno.EACCES
     raise OSError(code, os.strerror(code), str(directory))
 

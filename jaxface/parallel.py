@@ -64,8 +64,14 @@ def compilation_cache_dir(environ: Mapping[str, str] | None = None) -> str | Non
         return None
     if value:
         return os.path.expanduser(value)
+    return os.path.join(user_cache_dir(environ), "xla")
+
+
+def user_cache_dir(environ: Mapping[str, str] | None = None) -> str:
+    """This user's jaxface cache folder: $XDG_CACHE_HOME/jaxface, else ~/.cache/jaxface."""
+    environ = os.environ if environ is None else environ
     base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxface", "xla")
+    return os.path.join(base, "jaxface")
 
 
 def enable_compilation_cache() -> str | None:

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from jaxface import files, parallel
+
 ENV = "JAXFACE_CONV"
 MODES = ("auto", "xla", "onednn")
 KERNELS_DIR_ENV = "JAXFACE_KERNELS_DIR"
@@ -84,15 +86,7 @@ def _library_dirs() -> list[Path]:
     explicit = os.environ.get(KERNELS_DIR_ENV, "").strip()
     if explicit:
         return [Path(explicit).expanduser()]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return [_environment_dirs()[1] / "jaxface", Path(cache) / "jaxface" / "kernels"]
-
-
-def _writable(directory: Path) -> bool:
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return os.access(probe, os.W_OK | os.X_OK)
+    return [_environment_dirs()[1] / "jaxface", Path(parallel.user_cache_dir()) / "kernels"]
 
 
 def library_path() -> Path:
@@ -103,7 +97,7 @@ def library_path() -> Path:
     for folder in folders:
         if (folder / name).exists():
             return folder / name
-    return next((folder for folder in folders if _writable(folder)), folders[0]) / name
+    return next((folder for folder in folders if files.writable(folder)), folders[0]) / name
 
 
 def _compiler() -> str | None:

@@ -98,11 +98,15 @@ def _write_failure(mngr, step: int, err: BaseException) -> CheckpointWriteError 
         return None
     kept = [s for s in mngr.all_steps() if s != step]
     why = os.strerror(code) if code is not None else (text.strip().splitlines() or [""])[0][:160]
-    return CheckpointWriteError(
-        f"could not write checkpoint step {step} in {mngr.directory}: {why}. "
-        + (f"The checkpoints already saved are intact (latest: step {max(kept)}); " if kept
-           else "No earlier checkpoint exists; ")
-        + "free some space (or use another --workdir) and run the same command again to resume", code)
+    return CheckpointWriteError(f"could not write checkpoint step {step} in {mngr.directory}: {why}. "
+                                + _kept_and_remedy(max(kept) if kept else None), code)
+
+
+def _kept_and_remedy(latest: int | None) -> str:
+    """The end of every write-failure message: what a rerun resumes from, and what to do."""
+    kept = (f"The checkpoints already saved are intact (latest: step {latest}); " if latest is not None
+            else "No earlier checkpoint exists; ")
+    return kept + "free some space (or use another --workdir) and run the same command again to resume"
 
 
 def check_room(mngr, step: int, *, model_state, opt_state) -> None:
@@ -118,10 +122,7 @@ def check_room(mngr, step: int, *, model_state, opt_state) -> None:
     if free < needed:
         raise CheckpointWriteError(
             f"not enough disk space for checkpoint step {step} in {mngr.directory}: it needs about "
-            f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. "
-            + (f"The checkpoints already saved are intact (latest: step {mngr.latest_step()}); "
-               if mngr.latest_step() is not None else "No earlier checkpoint exists; ")
-            + "free some space (or use another --workdir) and run the same command again to resume",
+            f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. " + _kept_and_remedy(mngr.latest_step()),
             errno.ENOSPC)
 
 
