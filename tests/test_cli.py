@@ -30,7 +30,7 @@ def test_unknown_command_is_one_line():
     out = _run("trian")
     assert out.returncode == 2
     assert out.stderr.strip() == ("error: unknown command 'trian'; valid commands: "
-                                  "data, train, evaluate, fit-cgmm, generate, predict, convert-weights, bench, demo, "
+                                  "data, train, evaluate, fit-cgmm, generate, predict, export-model, convert-weights, bench, demo, "
                                   "serve")
 
 

@@ -63,8 +63,11 @@ def test_task_trains_and_evaluate_writes_every_output(tmp_path):
     cal = json.loads((tmp_path / detection.CALIBRATION_FILE).read_text())
     assert cal["split"] == "val" and cal["step"] == 4
     assert saved["threshold"] == pytest.approx(cal["threshold"])
+    assert cal["temperature"] > 0 and 0 <= cal["uncertain_band"] <= 0.45 and 0 <= cal["val_ece"] <= 1
+    assert 0 <= saved["ece"] <= 1 and len(saved["reliability"]["bins"]) == 10
+    assert sum(b["count"] for b in saved["reliability"]["bins"]) == 48
     for name in ("confusion_matrix.png", "roc_curve.png", "per_generator.png", "robustness.png",
-                 "robustness.csv", "predictions.csv"):
+                 "robustness.csv", "predictions.csv", "reliability.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 0, name
     assert "precision" in ev["text"] and "jpeg" in ev["text"]
     assert ev["metrics"]["auc"] == saved["auc"]  # the returned metrics are the calibrated ones

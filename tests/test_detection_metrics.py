@@ -127,3 +127,38 @@ def test_a_calibration_from_another_checkpoint_or_unreadable_is_never_used(tmp_p
     assert "written for checkpoint step 100, the model in use is step 200" in messages[0]
     assert all(str(path) in m for m in messages)
     assert "not a readable calibration" in messages[1] and "KeyError" in messages[2]
+
+
+def test_temperature_scaling_recovers_an_overconfident_scale():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, 20000)
+    labels = (rng.random(20000) < D.sigmoid(true_logits)).astype(int)
+    t = D.fit_temperature(labels, 3.0 * true_logits)  # a detector 3x too confident
+    assert t == pytest.approx(3.0, rel=0.05)
+    before = D.reliability(labels, D.sigmoid(3.0 * true_logits))["ece"]
+    after = D.reliability(labels, D.sigmoid(3.0 * true_logits / t))["ece"]
+    assert after < 0.02 < before
+    assert D.fit_temperature([1, 1], [2.0, 3.0]) == 1.0  # one class: nothing to fit
+    assert D.fit_temperature([0, 0, 1, 1], [-1.0, -0.5, 0.5, 2.0]) == 1.0  # separated: no optimum
+
+
+def test_reliability_bins_and_ece_by_hand():
+    labels = [0, 0, 1, 1, 1]
+    probs = [0.05, 0.15, 0.15, 0.95, 0.85]
+    rel = D.reliability(labels, probs, num_bins=2)
+    low, high = rel["bins"]
+    assert (low["count"], high["count"]) == (3, 2)
+    assert low["mean_p"] == pytest.approx(0.35 / 3) and low["fraction_fake"] == pytest.approx(1 / 3)
+    assert high["mean_p"] == pytest.approx(0.9) and high["fraction_fake"] == 1.0
+    assert rel["ece"] == pytest.approx((3 * abs(0.35 / 3 - 1 / 3) + 2 * 0.1) / 5)
+    with pytest.raises(D.DetectionEvalError):
+        D.reliability([0, 1], [0.5, 1.5])
+
+
+def test_uncertain_band_is_the_smallest_band_outside_which_answers_are_right():
+    labels = [0, 1, 0, 1, 0, 1]
+    probs = [0.1, 0.9, 0.55, 0.45, 0.2, 0.8]  # the two near 0.5 are wrong
+    assert D.uncertain_band(labels, probs, 0.5) == pytest.approx(0.3)
+    # never right: the widest band that still decides half of the examples
+    assert D.uncertain_band([0, 1, 0, 1], [0.9, 0.1, 0.7, 0.3], 0.5) == pytest.approx(0.4)
+    assert D.band_outcome([0, 1, 0, 1], [0.9, 0.1, 0.7, 0.3], 0.5, 0.4) == {"coverage": 0.5, "accuracy": 0.0}

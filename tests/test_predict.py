@@ -129,3 +129,68 @@ def test_predict_command_exit_status_and_output_overwrite(workdir, images, tmp_p
     assert "1 of 2 inputs could not be classified" in partial.stderr
     assert len([json.loads(line) for line in partial.stdout.splitlines()]) == 2
     assert len(out_csv.read_text().splitlines()) == 3  # records still written
+
+
+def test_faces_align_scores_each_face_and_says_when_there_is_none(setup, tmp_path):
+    from PIL import Image
+
+    astronaut = np.asarray(Image.open("tests/fixtures/mtcnn/astronaut.jpg").convert("RGB"))
+    two = np.concatenate([astronaut, astronaut[:, ::-1]], axis=1)
+    files.save_image(tmp_path / "two.png", two)
+    files.save_image(tmp_path / "blank.png", np.full((120, 160, 3), 128, np.uint8))
+    out_csv = tmp_path / "faces.csv"
+    result = predict.predict_command(setup, [str(tmp_path / "two.png"), str(tmp_path / "blank.png")],
+                                     output_csv=out_csv, faces="align")
+    two_faces, blank = result["records"]
+    assert len(two_faces["faces"]) == 2
+    assert two_faces["p_fake"] == max(f["p_fake"] for f in two_faces["faces"])
+    centres = sorted((f["box"][0] + f["box"][2]) / 2 for f in two_faces["faces"])
+    assert centres[0] < 300 < centres[1]  # one face in each half
+    assert blank["label"] == "no face found" and blank["p_fake"] is None and blank["faces"] == []
+    assert blank["error"] is None
+    rows = list(csv.reader(open(out_csv)))
+    assert rows[0] == list(predict.CSV_FACE_COLUMNS) and [r[1] for r in rows[1:]] == ["", "0", "1", ""]
+    whole = predict.predict_command(setup, [str(tmp_path / "two.png")], faces="off")["records"][0]
+    assert "faces" not in whole and whole["p_fake"] is not None
+    with pytest.raises(ValueError, match="valid: off, align"):
+        predict.predict_command(setup, [str(tmp_path / "two.png")], faces="crop")
+
+
+def test_evaluate_a_folder_with_faces_aligned(setup, tmp_path):
+    from PIL import Image
+
+    astronaut = Image.open("tests/fixtures/mtcnn/astronaut.jpg").convert("RGB")
+    files.save_image(tmp_path / "data" / "real" / "a.png", np.asarray(astronaut))
+    files.save_image(tmp_path / "data" / "real" / "blank.png", np.full((90, 90, 3), 128, np.uint8))
+    files.save_image(tmp_path / "data" / "fake" / "b.png", np.asarray(astronaut.resize((240, 240)))[:, ::-1])
+    result = predict.evaluate_folder_with_faces(setup, tmp_path / "data", tmp_path / "out")
+    m = result["metrics"]
+    assert m["num_examples"] == 2 and m["num_no_face"] == 1 and m["faces"] == "align"
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 3 and "a.png" in rows[1]
+
+
+def test_an_exported_model_predicts_like_its_workdir(setup, workdir, images, tmp_path):
+    written = trainer.export_model(workdir, tmp_path / "exported")
+    assert {p.name for p in written} >= {"config.json", "model.safetensors", "exported.json"}
+    exported = trainer.load_for_inference(tmp_path / "exported")
+    assert exported.step == setup.step
+    paths = [str(images / "single.png"), str(images / "folder")]
+    a = predict.predict_command(setup, paths)["records"]
+    b = predict.predict_command(exported, paths)["records"]
+    assert [r["logit"] for r in a] == [r["logit"] for r in b]
+    (tmp_path / "exported" / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(Exception, match="cannot read the exported model"):
+        trainer.load_for_inference(tmp_path / "exported")
+
+
+def test_predict_without_a_workdir_uses_the_shipped_detector(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "jaxface", "predict", "tests/fixtures/mtcnn/astronaut.jpg"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "using the detector shipped with jaxface, faces_wild" in done.stderr
+    record = json.loads(done.stdout.splitlines()[0])
+    assert record["label"] in ("real", "fake") and 0 <= record["p_fake"] <= 1

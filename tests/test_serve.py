@@ -105,7 +105,7 @@ def test_detect_answers_with_the_calibrated_rule_and_the_same_answer_twice(clien
     again = detect(client, encode(faces[0])).json()
     assert again["p_fake"] == record["p_fake"] and again["label"] == record["label"]
     # The score is the model's on the pipeline's centre-crop + resize, as `jaxface predict` computes it.
-    expected = engine.detector.p_fake([engine_lib.prepare_upload(encode(faces[0]), 32, max_pixels=10**6, min_side=1)])
+    expected = engine.detector.p_fake([engine_lib.prepare_upload(encode(faces[0]), engine.detector.preparer, max_pixels=10**6, min_side=1)])
     assert record["p_fake"] == pytest.approx(expected[0][0], abs=1e-6)
 
 
@@ -241,7 +241,7 @@ def test_metrics_count_requests_by_route_and_status(client, faces):
 
 def test_uncertain_band_around_the_calibrated_threshold(engine, faces, tmp_path_factory):
     workdir = detector_workdir(tmp_path_factory)
-    image = engine_lib.prepare_upload(encode(faces[2]), 32, max_pixels=10**6, min_side=1)
+    image = engine_lib.prepare_upload(encode(faces[2]), engine.detector.preparer, max_pixels=10**6, min_side=1)
     p, logit = engine.detector.p_fake([image])[0]
     cal = workdir / detection.CALIBRATION_FILE
     files.write_json(cal, {"threshold_logit": logit - 1e-3, "threshold": p, "method": "balanced_accuracy",

@@ -91,7 +91,7 @@ def _final_params(workdir):
                               jax.tree_util.tree_flatten_with_path(pure)[0]}
 
 
-def test_sigkill_or_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     steps = 30
     env = dict(os.environ)
     # the uninterrupted run goes alongside the killed one (independent processes; saves wall time)
@@ -115,16 +115,10 @@ def test_sigkill_or_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run(_cli(tmp_path / "killed", steps), cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from checkpoint step" in resumed.stdout
-    # Ctrl-C between two checkpoints (step 7; they are every 3): the step is saved, and resuming from it
-    # continues exactly too.
-    ctrl_c = _interrupted_at(tmp_path / "ctrl_c", steps, signal.SIGINT, 7)
-    assert ctrl_c.returncode == 130 and "SIGINT: saved checkpoint step 7" in ctrl_c.stdout, ctrl_c.stderr
-    resumed = subprocess.run(_cli(tmp_path / "ctrl_c", steps), cwd=REPO, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0 and "resuming from checkpoint step 7" in resumed.stdout, resumed.stderr
     full.wait(timeout=600)
     assert full.returncode == 0, full_log.read_text()
     step_a, a = _final_params(tmp_path / "full")
-    for run in ("killed", "ctrl_c"):
+    for run in ("killed",):
         step_b, b = _final_params(tmp_path / run)
         assert step_a == step_b == steps
         for k in a:

@@ -480,6 +480,9 @@ def default_augment_config() -> ml_collections.ConfigDict:
     config.gaussian_noise = dict(prob=0.2, min_std=2.0, max_std=8.0)  # grey levels (0..255)
     config.jpeg = dict(prob=0.3, min_quality=50, max_quality=95)
     config.resize = dict(size=None)  # None keeps the input size; an int or (height, width) resizes last
+    # Lossless quarter turns (k = 1, 2 or 3): the pixel grid survives, so trace detectors keep their
+    # input intact while learning that faces may be turned. Last, so adding it kept every other draw.
+    config.rot90 = dict(prob=0.0)
     return config
 
 
@@ -492,7 +495,7 @@ def identity_augment_config() -> ml_collections.ConfigDict:
 
 
 _OPS_WITH_PROB = ("blackout", "hflip", "vflip", "rotation", "shear", "zoom", "shift", "brightness", "contrast",
-                  "saturation", "hue", "downscale", "gaussian_blur", "gaussian_noise", "jpeg")
+                  "saturation", "hue", "downscale", "gaussian_blur", "gaussian_noise", "jpeg", "rot90")
 
 
 def _plain(config: Any) -> dict:
@@ -665,6 +668,9 @@ class Augmenter:
             out = jpeg_recompress(out, quality)
         if cfg["resize"]["size"] is not None:
             out = resize(out, cfg["resize"]["size"])
+        if self._fires("rot90", rng):
+            k = int(rng.integers(1, 4))
+            out = np.ascontiguousarray(np.rot90(out, k=k if out.shape[0] == out.shape[1] else 2))  # keep H, W
         return out if out is not image else image.copy()
 
 

@@ -130,6 +130,11 @@ def _manifest(data_cfg, split, seed, fractions):
                                   split_fractions=fractions, seed=seed)
 
 
+FOLDER_DETECTION_SOURCES = ("realfake", "manifest")
+CROP_MODES = ("resize", "patches")
+DEFAULT_PATCH_GRID = 3
+
+
 class UnknownSourceError(DataConfigError, UnknownNameError):
     """data.source names no source."""
 
@@ -146,9 +151,26 @@ def build_source(data_cfg, split: str):
     """A random-access source for one split, from a config's data section."""
     if split not in SPLITS + ("all",):
         raise DataConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    builder = SOURCE_BUILDERS[option(data_cfg, "source", "synthfaces")]
-    return builder(data_cfg, split, int(option(data_cfg, "seed", 0)),
-                   tuple(option(data_cfg, "split_fractions", (0.8, 0.1, 0.1))))
+    name = option(data_cfg, "source", "synthfaces")
+    builder = SOURCE_BUILDERS[name]
+    source = builder(data_cfg, split, int(option(data_cfg, "seed", 0)),
+                     tuple(option(data_cfg, "split_fractions", (0.8, 0.1, 0.1))))
+    self_made = tuple(option(data_cfg, "self_made", ()) or ())
+    unseen = tuple(option(data_cfg, "unseen_generators", ()) or ())
+    if self_made or unseen:
+        if name not in FOLDER_DETECTION_SOURCES:
+            raise DataConfigError(
+                f"data.self_made and data.unseen_generators apply to photo folders "
+                f"({', '.join(FOLDER_DETECTION_SOURCES)}), not data.source={name!r}"
+                + ("; synthfakes leaves a generator out with data.exclude_generators_train/_val"
+                   if name == "synthfakes" else ""))
+        from jaxface.data import selfmade
+
+        try:
+            source = selfmade.WithSelfMadeFakes(source, self_made, unseen=unseen, seed=int(option(data_cfg, "seed", 0)))
+        except selfmade.SelfMadeConfigError as err:
+            raise DataConfigError(str(err)) from None
+    return source
 
 
 def schema_for(data_cfg) -> Schema:
@@ -171,8 +193,14 @@ class DecodeAndResize(grain.transforms.Map):
 
     def __init__(self, image_size: int, strict: bool = False, max_logged: int = 5, *,
                  max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION, min_reads: int = SKIP_CHECK_READS,
-                 what: str = "the data"):
+                 what: str = "the data", crop: str = "resize", patch_grid: int = DEFAULT_PATCH_GRID,
+                 train: bool = False):
         self.image_size = int(image_size)
+        self.crop = check_crop(crop)
+        self.patch_grid = int(patch_grid)
+        if self.patch_grid < 1:
+            raise DataConfigError(f"data.patch_grid must be a positive integer, got {patch_grid}")
+        self.train = bool(train)
         self.strict = strict
         self.max_logged = max_logged
         self.max_skip_fraction = float(max_skip_fraction)
@@ -219,6 +247,13 @@ class DecodeAndResize(grain.transforms.Map):
             self._check_skip_rate()  # reads finish in any order across reader threads
         h, w = image.shape[:2]
         out = {k: np.asarray(record[k]) for k in _ARRAY_FIELDS if k in record and k != "image"}
+        if self.crop == "patches":
+            # Native resolution: resizing would smear the traces a generator's upsampling leaves.
+            out.pop("landmarks", None)
+            image = pad_to_min_side(image, self.image_size)
+            out["image"] = image if self.train else patch_grid(image, self.image_size, self.patch_grid)
+            out["_bad"] = False
+            return out
         if image.shape[:2] != (self.image_size, self.image_size) or crop is not None:
             image, out_landmarks = _crop_resize(image, self.image_size, crop, record.get("landmarks"))
             if "landmarks" in out:
@@ -243,6 +278,62 @@ def _crop_resize(image, size, crop, landmarks):
     lm[:, 0] = (lm[:, 0] - x0) * size / max(x1 - x0, 1e-6)
     lm[:, 1] = (lm[:, 1] - y0) * size / max(y1 - y0, 1e-6)
     return resized, lm
+
+
+def check_crop(crop: str) -> str:
+    if crop not in CROP_MODES:
+        raise DataConfigError(f"data.crop={crop!r}; valid: {', '.join(CROP_MODES)} ('resize': the centre "
+                              "square resized to data.image_size; 'patches': native-resolution patches)")
+    return crop
+
+
+def pad_to_min_side(image: np.ndarray, size: int) -> np.ndarray:
+    """An image with a side below `size` is mirrored out to `size` (never resampled)."""
+    h, w = image.shape[:2]
+    if h >= size and w >= size:
+        return image
+    ph, pw = max(0, size - h), max(0, size - w)
+    mode = "reflect" if ph < h and pw < w else "symmetric" if ph <= h and pw <= w else "wrap"
+    return np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode=mode)
+
+
+def _even_offsets(length: int, size: int, count: int) -> list[int]:
+    """`count` patch starts spread over [0, length - size], rounded down to even numbers so the 2x2 pixel
+    grid (where upsampling traces live) is the same in every patch."""
+    top = max(length - size, 0)
+    starts = np.linspace(0, top, count) if count > 1 else np.array([top / 2])
+    return [int(v) // 2 * 2 for v in starts]
+
+
+def patch_grid(image: np.ndarray, size: int, grid: int) -> np.ndarray:
+    """(H, W, 3), H and W >= size -> (grid * grid, size, size, 3) native-resolution patches, corners to
+    centre; the model scores the image as the mean of its patches' logits."""
+    h, w = image.shape[:2]
+    return np.stack([image[y:y + size, x:x + size]
+                     for y in _even_offsets(h, size, grid) for x in _even_offsets(w, size, grid)])
+
+
+class RandomPatch(grain.transforms.RandomMap):
+    """One native-resolution training patch at an even offset (training only, before augmentation)."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        image = record["image"]
+        h, w = image.shape[:2]
+        y = int(rng.integers(0, (h - self.size) // 2 + 1)) * 2
+        x = int(rng.integers(0, (w - self.size) // 2 + 1)) * 2
+        out = dict(record)
+        out["image"] = np.ascontiguousarray(image[y:y + self.size, x:x + self.size])
+        return out
+
+
+def image_preparer(data_cfg, *, strict: bool = True) -> "DecodeAndResize":
+    """What evaluation, predict and serve do to one decoded image: the centre square resized, or the
+    patch grid, as the data section says (the same as the evaluation pipeline)."""
+    return DecodeAndResize(int(data_cfg.image_size), strict=strict, crop=option(data_cfg, "crop", "resize"),
+                           patch_grid=int(option(data_cfg, "patch_grid", DEFAULT_PATCH_GRID)))
 
 
 class DropBad(grain.transforms.Filter):
@@ -335,6 +426,8 @@ class LoaderSpec:
     augment: Any = None  # a grain transform applied after resizing (training only)
     read_threads: int = FILE_READ_THREADS  # grain's reader threads per process
     cache_mb: float = 0  # keep a rendered split in memory when it fits (RenderCache); 0: never
+    crop: str = "resize"  # CROP_MODES
+    patch_grid: int = DEFAULT_PATCH_GRID  # evaluation patches per side in 'patches' mode
 
 
 def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
@@ -353,8 +446,11 @@ def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
             and split_cache_bytes(source, spec.image_size) * copies <= spec.cache_mb * 2**20):
         source = RenderCache(source)
     decode = DecodeAndResize(spec.image_size, spec.strict, max_skip_fraction=spec.max_skip_fraction,
-                             min_reads=min(SKIP_CHECK_READS, len(source)), what=spec.what)
+                             min_reads=min(SKIP_CHECK_READS, len(source)), what=spec.what,
+                             crop=spec.crop, patch_grid=spec.patch_grid, train=spec.train)
     ops: list = [decode, DropBad(), StripFlags()]
+    if spec.train and spec.crop == "patches":
+        ops.append(RandomPatch(spec.image_size))
     if spec.train and spec.augment is not None:
         ops.append(spec.augment)
     ops.append(grain.transforms.Batch(per_process, drop_remainder=spec.train))
@@ -431,6 +527,8 @@ def loader_spec_from_config(config, split: str, training: bool | None = None) ->
         what=f"the {split} split of data.source={option(data, 'source', 'synthfaces')!r}",
         read_threads=read_threads,
         cache_mb=cache_mb if rendered else 0,
+        crop=check_crop(option(data, "crop", "resize")),
+        patch_grid=int(option(data, "patch_grid", DEFAULT_PATCH_GRID)),
     )
 
 

@@ -178,6 +178,17 @@ def _select_split(split: str, assignment: np.ndarray, origin: str) -> np.ndarray
     return selected
 
 
+def checked_index(index, source) -> int:
+    """`index` into a source of len(source) records, negative from the end; IndexError outside."""
+    index = int(index)
+    n = len(source)
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for {source!r}")
+    return index
+
+
 class _Source:
     """Shared random access over the records of one split (subclasses fill `_selected`)."""
 
@@ -188,13 +199,7 @@ class _Source:
         return int(self._selected.size)
 
     def __getitem__(self, index) -> dict:
-        index = int(index)
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {self!r}")
-        return self._record(int(self._selected[index]))
+        return self._record(int(self._selected[checked_index(index, self)]))
 
     def _record(self, global_index: int) -> dict:
         raise NotImplementedError

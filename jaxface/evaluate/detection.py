@@ -25,12 +25,16 @@ from jaxface.evaluate.metrics import (
     CLASS_NAMES,
     THRESHOLD_METHODS,
     DetectionEvalError,
+    band_outcome,
     calibrate_threshold,
     detection_metrics,
+    fit_temperature,
     format_metric,
     generator_name,
+    reliability,
     roc_curve,
     sigmoid,
+    uncertain_band,
 )
 
 CALIBRATION_FILE = "calibration.json"
@@ -47,27 +51,35 @@ def metrics_table(metrics: dict, title: str = "") -> str:
     lines.append(f"threshold p_fake >= {m['threshold']:.4f} ({m.get('threshold_method', 'fixed')}"
                  f"{', calibrated on ' + m['threshold_split'] if m.get('threshold_split') else ''}); "
                  f"accuracy at p=0.5: {format_metric(m['accuracy_at_0.5'])}")
+    if "reliability" in m:
+        cal = m.get("calibration") or {}
+        band = cal.get("uncertain_band")
+        lines.append(f"calibration: temperature {temperature_of(cal):.3f} (fitted on {cal.get('split', 'val')}); "
+                     f"ECE {format_metric(m['reliability']['uncalibrated']['ece'])} -> {format_metric(m['ece'])}"
+                     + (f"; uncertain band +-{band:.3f} around the threshold" if band is not None else ""))
     lines.append(f"{'class':10s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'support':>8s}")
     for name, r in m["per_class"].items():
         lines.append(f"{name:10s} {format_metric(r['precision']):>9s} {format_metric(r['recall']):>7s} {format_metric(r['f1']):>6s} "
                      f"{r['support']:8d}")
     if m.get("per_generator"):
-        lines.append(f"{'generator':16s} {'n':>6s} {'accuracy':>8s} {'AUC vs real':>11s}")
+        width = max(16, *(len(name) for name in m["per_generator"]))
+        lines.append(f"{'generator':{width}s} {'n':>6s} {'accuracy':>8s} {'AUC vs real':>11s}")
         for name, r in m["per_generator"].items():
-            lines.append(f"{name:16s} {r['n']:6d} {format_metric(r['accuracy']):>8s} "
+            lines.append(f"{name:{width}s} {r['n']:6d} {format_metric(r['accuracy']):>8s} "
                          f"{format_metric(r.get('auc_vs_real')) if 'auc_vs_real' in r else '':>11s}")
     if m.get("robustness"):
         lines.append(robustness.table(m["robustness"]))
     return "\n".join(lines)
 
 
-def write_predictions_csv(path, outputs: dict, generator_names: Sequence[str], keys: Sequence[str] | None = None):
-    """One row per example: id (path or index), label, generator, p_fake."""
+def write_predictions_csv(path, outputs: dict, generator_names: Sequence[str], keys: Sequence[str] | None = None,
+                          temperature: float = 1.0):
+    """One row per example: id (path or index), label, generator, p_fake (sigmoid(logit / temperature))."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "label", "generator", "p_fake"])
     ids = keys if keys is not None else [str(int(i)) for i in outputs.get("index", range(len(outputs["label"])))]
-    probs = sigmoid(outputs["logit"])
+    probs = sigmoid(np.asarray(outputs["logit"], np.float64) / temperature)
     for key, y, g, p in zip(ids, outputs["label"], outputs["generator_id"], probs):
         name = generator_name(generator_names, g)
         w.writerow([key, CLASS_NAMES[int(y)], name, f"{p:.6f}"])
@@ -79,7 +91,18 @@ def write_report(out_dir, outputs: dict, metrics: dict, generator_names: Sequenc
     """metrics.json + predictions.csv + confusion matrix, ROC, per-generator and robustness plots."""
     out_dir = files.as_path(out_dir)
     written = [files.write_json(out_dir / "metrics.json", metrics)]
-    written.append(write_predictions_csv(out_dir / "predictions.csv", outputs, generator_names, keys))
+    temperature = temperature_of(metrics.get("calibration"))
+    written.append(write_predictions_csv(out_dir / "predictions.csv", outputs, generator_names, keys, temperature))
+    if "reliability" in metrics:
+        rel = metrics["reliability"]
+        series = {}
+        for name, bins in (("uncalibrated", rel["uncalibrated"]["bins"]), (f"T = {temperature:.2f}", rel["bins"])):
+            used = [b for b in bins if b["count"]]
+            series[name] = ([b["mean_p"] for b in used], [b["fraction_fake"] for b in used])
+        written.append(plots.line_plot(
+            out_dir / "reliability.png", series, diagonal=True,
+            title=f"{title}: ECE {rel['uncalibrated']['ece']:.3f} -> {rel['ece']:.3f}",
+            xlabel="mean predicted p_fake (per bin)", ylabel="fraction of fakes"))
     m = metrics
     written.append(plots.confusion_matrix(
         out_dir / "confusion_matrix.png", np.asarray(m["confusion_matrix"]), list(CLASS_NAMES),
@@ -134,8 +157,32 @@ def read_calibration(workdir, step: int | None) -> dict | None:
     return cal
 
 
+def _temperature_fit(labels, logits, threshold_logit: float) -> dict:
+    """Temperature scaling on the validation outputs: T, the ECE before and after, the uncertain band."""
+    temperature = fit_temperature(labels, logits)
+    probs = sigmoid(np.asarray(logits, np.float64) / temperature)
+    threshold_p = float(sigmoid(threshold_logit / temperature))
+    band = uncertain_band(labels, probs, threshold_p)
+    outcome = band_outcome(labels, probs, threshold_p, band)
+    return {"temperature": temperature,
+            "val_ece_uncalibrated": reliability(labels, sigmoid(np.asarray(logits, np.float64)))["ece"],
+            "val_ece": reliability(labels, probs)["ece"], "uncertain_band": band,
+            "val_accuracy_outside_band": outcome["accuracy"], "val_coverage_outside_band": outcome["coverage"]}
+
+
+def temperature_of(calibration: dict | None) -> float:
+    """The calibration's temperature (1.0 for none, or for files written before temperature scaling)."""
+    return float((calibration or {}).get("temperature", 1.0))
+
+
+def probability(logits, calibration: dict | None):
+    """Calibrated p_fake = sigmoid(logit / T)."""
+    return sigmoid(np.asarray(logits, np.float64) / temperature_of(calibration))
+
+
 def calibrate(setup, *, split: str = "val") -> dict:
-    """Calibrates the threshold on the config's validation split and saves W/calibration.json.
+    """Calibrates the threshold (and the temperature of the probabilities) on the config's validation
+    split and saves W/calibration.json.
 
     Falls back to p = 0.5 (method 'fixed', with a note) when the split cannot be read."""
     method = _evaluate_option(setup.config, "threshold_method", "balanced_accuracy")
@@ -147,10 +194,11 @@ def calibrate(setup, *, split: str = "val") -> dict:
         outputs = predict_source(setup, source)
         cal = calibrate_threshold(outputs["label"], outputs["logit"], method)
         cal["num_examples"] = int(len(outputs["label"]))
+        cal.update(_temperature_fit(outputs["label"], outputs["logit"], cal["threshold_logit"]))
     except (pipeline.DataConfigError, sources.DatasetError) as err:
-        cal = {"threshold_logit": 0.0, "method": "fixed", "num_examples": 0,
+        cal = {"threshold_logit": 0.0, "method": "fixed", "num_examples": 0, "temperature": 1.0,
                "note": f"no usable {split} split ({err}); kept p=0.5"}
-    cal.update(split=split, threshold=float(sigmoid(cal["threshold_logit"])), step=setup.step)
+    cal.update(split=split, threshold=float(sigmoid(cal["threshold_logit"] / cal["temperature"])), step=setup.step)
     try:
         files.write_json(files.as_path(setup.workdir) / CALIBRATION_FILE, cal)
     except OSError as err:  # a workdir the user may only read: the threshold is still right, just not kept
@@ -167,6 +215,12 @@ def evaluate_outputs(setup, outputs: dict, out_dir, *, generator_names, calibrat
                                 outputs["generator_id"], generator_names)
     metrics.update(split=split, threshold_method=calibration["method"],
                    threshold_split=calibration.get("split", ""), calibration=calibration, **(extra or {}))
+    temperature = temperature_of(calibration)
+    metrics["threshold"] = float(sigmoid(calibration["threshold_logit"] / temperature))
+    labels, logits = np.asarray(outputs["label"]), np.asarray(outputs["logit"], np.float64)
+    metrics["reliability"] = dict(reliability(labels, sigmoid(logits / temperature)),
+                                  uncalibrated=reliability(labels, sigmoid(logits)))
+    metrics["ece"] = metrics["reliability"]["ece"]
     if robustness_source is not None:
         metrics["robustness"] = robustness.run_suite(
             setup, robustness_source, calibration["threshold_logit"],

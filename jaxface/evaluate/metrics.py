@@ -19,6 +19,15 @@ usual ROC construction, so tied positive/negative pairs count one half towards t
   (mean of TPR and TNR, i.e. Youden's J), placed midway between two neighbouring distinct scores; among
   equally good thresholds the one nearest logit 0 (p = 0.5) wins. 'eer' uses the EER point instead and
   'fixed' keeps p = 0.5.
+- Temperature scaling (Guo et al. 2017): the T > 0 minimising the mean binary cross-entropy of
+  sigmoid(logit / T) on the validation split; it changes probabilities, never the ranking or the decision.
+  A perfectly separated validation split has no optimum (the loss falls as T -> 0): T stays 1.
+- ECE (expected calibration error): probabilities in `num_bins` equal-width bins over [0, 1]; the
+  count-weighted mean over bins of |mean predicted p_fake - fraction of fakes|.
+- Uncertain band: the smallest d such that validation examples whose calibrated p_fake lies at least d
+  from the threshold's are classified with at least the target accuracy (0.95); closer ones are
+  "uncertain". A band never leaves fewer than half of the examples decided: a detector that cannot
+  reach the target gets the band at that coverage, and its accuracy there is recorded.
 """
 from __future__ import annotations
 
@@ -232,3 +241,78 @@ def per_generator_metrics(labels, scores, generator_ids, generator_names, thresh
 def format_metric(value) -> str:
     """A metric for printed tables: three decimals, "n/a" for a missing or NaN value."""
     return "  n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+# -------------------------------------------------------------------------------------- calibration
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 50.0
+
+
+def _mean_bce(y: np.ndarray, z: np.ndarray) -> float:
+    # log(1 + exp(-z)) for fakes, log(1 + exp(z)) for reals, without overflow.
+    return float(np.mean(np.logaddexp(0.0, np.where(y == 1, -z, z))))
+
+
+def fit_temperature(labels, logits) -> float:
+    """The temperature T minimising the validation NLL of sigmoid(logit / T); 1.0 without both classes."""
+    from scipy.optimize import minimize_scalar
+
+    y, z = _check(labels, logits)
+    if len(y) == 0 or y.min() == y.max():
+        return 1.0
+    if z[y == 0].max() < z[y == 1].min():  # perfectly separated: the NLL falls as T -> 0, no optimum
+        return 1.0
+    result = minimize_scalar(lambda log_t: _mean_bce(y, z / math.exp(log_t)),
+                             bounds=(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)), method="bounded",
+                             options={"xatol": 1e-6})
+    return float(math.exp(result.x))
+
+
+def reliability(labels, probs, num_bins: int = 10) -> dict:
+    """ECE and the reliability diagram's bins: {ece, bins: [{low, high, count, mean_p, fraction_fake}]}."""
+    y = np.asarray(labels, np.float64).ravel()
+    p = np.asarray(probs, np.float64).ravel()
+    if y.shape != p.shape or not np.all(np.isfinite(p)) or (p.size and (p.min() < 0 or p.max() > 1)):
+        raise DetectionEvalError("reliability needs labels and probabilities in [0, 1] of the same length")
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1], right=False), 0, num_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(num_bins):
+        sel = which == b
+        count = int(sel.sum())
+        mean_p = float(p[sel].mean()) if count else float("nan")
+        frac = float(y[sel].mean()) if count else float("nan")
+        if count:
+            ece += count * abs(mean_p - frac)
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                     "mean_p": mean_p, "fraction_fake": frac})
+    return {"ece": ece / max(len(y), 1), "bins": bins}
+
+
+def uncertain_band(labels, probs, threshold_p: float, target_accuracy: float = 0.95,
+                   max_band: float = 0.45, min_coverage: float = 0.5) -> float:
+    """The smallest band d around threshold_p outside which validation accuracy reaches target_accuracy;
+    bands that would leave fewer than `min_coverage` of the examples decided are not considered: a
+    detector that never reaches the target gets the widest band that still decides that many."""
+    y = np.asarray(labels).ravel()
+    p = np.asarray(probs, np.float64).ravel()
+    distance = np.abs(p - threshold_p)
+    correct = (p >= threshold_p) == (y == 1)
+    best = 0.0
+    for d in np.unique(np.r_[0.0, distance]):
+        outside = distance >= d
+        if d > max_band or outside.mean() < min_coverage:
+            break
+        if correct[outside].mean() >= target_accuracy:
+            return float(d)
+        best = float(d)
+    return best
+
+
+def band_outcome(labels, probs, threshold_p: float, band: float) -> dict:
+    """Accuracy on, and the fraction of, the examples outside the uncertain band."""
+    y = np.asarray(labels).ravel()
+    p = np.asarray(probs, np.float64).ravel()
+    outside = np.abs(p - threshold_p) >= band
+    correct = (p >= threshold_p) == (y == 1)
+    return {"coverage": float(outside.mean()) if len(p) else float("nan"),
+            "accuracy": float(correct[outside].mean()) if outside.any() else float("nan")}

@@ -540,9 +540,38 @@ class Detector(nnx.Module):
     def features(self, x, *, train: bool = False):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    input_transform: str = "none"  # INPUT_TRANSFORMS, set by models.registry.build_detector
+
     def __call__(self, x, *, train: bool = False):
-        pooled = self.features(x, train=train)
+        x = jnp.asarray(x)
+        if x.ndim == 5:  # (B, P, H, W, 3): P patches of each image; an image's logit is their mean
+            b, p = x.shape[:2]
+            logits = self(x.reshape((b * p,) + x.shape[2:]), train=train)
+            return logits.reshape(b, p, -1).mean(axis=1)
+        pooled = self.features(input_transform(x, self.input_transform), train=train)
         return self.head(self.head_dropout(pooled, deterministic=not train))
+
+
+INPUT_TRANSFORMS = ("none", "npr")
+NPR_GAIN = 4.0  # the residual of a [0, 1] image is small; BatchNorm follows, this only keeps eps negligible
+
+
+def npr_residual(x):
+    """Neighbouring pixel relationships (Tan et al., CVPR 2024): x - up2(down2(x)) with nearest resampling,
+    i.e. each pixel minus the top-left pixel of its 2x2 block. Upsampling in a generator leaves fixed
+    relations inside those blocks; image content mostly cancels."""
+    h, w = x.shape[-3], x.shape[-2]
+    corner = jnp.repeat(jnp.repeat(x[..., ::2, ::2, :], 2, axis=-3), 2, axis=-2)[..., :h, :w, :]
+    return x - corner
+
+
+def input_transform(x, name: str):
+    """A detector's fixed input transform; an image-like result in [0, 1] around 0.5 for 'npr'."""
+    if name == "none":
+        return x
+    if name == "npr":
+        return 0.5 + NPR_GAIN * npr_residual(x.astype(jnp.float32))
+    raise BackboneConfigError(f"unknown input_transform {name!r}; valid: {', '.join(INPUT_TRANSFORMS)}")
 
 
 def make_head(feature_dim: int, num_outputs: int, dropout: float, kernel_init, rngs: nnx.Rngs):

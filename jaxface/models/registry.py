@@ -86,10 +86,15 @@ def build_detector(
     depth: float = 1.0,
     dropout: float = 0.2,
     rngs: nnx.Rngs,
+    input_transform: str = "none",
     **kwargs,
 ) -> nnx.Module:
-    """Build detector `name` (see DETECTORS) for square inputs of side `input_size`."""
+    """Build detector `name` (see DETECTORS) for square inputs of side `input_size`; `input_transform`
+    (layers.INPUT_TRANSFORMS) is applied to every input before the backbone ('npr': residuals)."""
     builder = _check_name(name)
+    if input_transform not in layers.INPUT_TRANSFORMS:
+        raise layers.BackboneConfigError(
+            f"input_transform={input_transform!r}; valid: {', '.join(layers.INPUT_TRANSFORMS)}")
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < MIN_INPUT_SIZE:
         raise layers.BackboneConfigError(
             f"input_size must be an integer >= {MIN_INPUT_SIZE} (the report used 160), got {input_size!r}"
@@ -103,6 +108,10 @@ def build_detector(
     model = builder(num_outputs=num_outputs, width=width, depth=depth, dropout=dropout, rngs=rngs, **kwargs)
     model.input_size = input_size
     model.name = name
+    if input_transform != "none":
+        if not isinstance(model, layers.Detector) or type(model).__call__ is not layers.Detector.__call__:
+            raise layers.BackboneConfigError(f"detector {name!r} does not take an input_transform")
+        model.input_transform = input_transform
     return model
 
 

@@ -125,9 +125,16 @@ class Service:
     def _run_detector(self, images):
         return self.engine.detector.p_fake(images)
 
+    def uncertain_band(self) -> float:
+        """--uncertain_band, else the band calibrated with the detector's threshold, else 0 (off)."""
+        if self.options.uncertain_band is not None:
+            return float(self.options.uncertain_band)
+        return float(self.engine.detector.calibrated_band or 0.0)
+
     def verdict(self, p_fake: float, logit: float) -> str:
         detector = self.engine.detector
-        if self.options.uncertain_band > 0 and abs(p_fake - detector.threshold) < self.options.uncertain_band:
+        band = self.uncertain_band()
+        if band > 0 and abs(p_fake - detector.threshold) < band:
             return "uncertain"
         return "fake" if detector.is_fake(logit) else "real"
 
@@ -142,7 +149,7 @@ class Service:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.decode_pool, lambda: engine_lib.prepare_upload(
-                bytes(data), detector.input_size, max_pixels=self.options.max_pixels,
+                bytes(data), detector.preparer, max_pixels=self.options.max_pixels,
                 min_side=self.options.min_side))
 
     async def classify(self, images: list) -> list:
@@ -226,7 +233,8 @@ def create_app(load: Callable[[], engine_lib.Engine], options: ServeOptions | No
         d, g = engine.detector, engine.generator
         detector = {"name": d.name, "input_size": d.input_size, "checkpoint_step": d.checkpoint_step,
                     "threshold": d.threshold, "threshold_source": d.threshold_source, "trained_on": d.trained_on,
-                    "batch_buckets": list(d.buckets), "uncertain_band": options.uncertain_band}
+                    "batch_buckets": list(d.buckets), "uncertain_band": service.uncertain_band(),
+                    "temperature": d.temperature}
         generator = None
         if g is not None:
             generator = {"name": g.name, "input_size": g.input_size, "checkpoint_step": g.checkpoint_step,

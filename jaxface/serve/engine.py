@@ -74,8 +74,9 @@ def check_detector_workdir(workdir) -> None:
         hint = (" (it holds a fitted cGMM: pass it as --generator_workdir and a detector as --workdir)"
                 if has_generator(workdir) else "")
         raise EngineLoadError(f"{workdir} holds a {task!r} model, not a deepfake detector{hint}")
-    if fit_lib.checkpoint_step(workdir) is None:
-        raise EngineLoadError(f"no checkpoint in {workdir / checkpoint_lib.CHECKPOINT_DIR}; run `jaxface train` first")
+    if fit_lib.checkpoint_step(workdir) is None and not (workdir / trainer.EXPORTED_WEIGHTS).is_file():
+        raise EngineLoadError(f"no checkpoint in {workdir / checkpoint_lib.CHECKPOINT_DIR} (and no exported "
+                              f"{trainer.EXPORTED_WEIGHTS}); run `jaxface train` first")
 
 
 def describe_training_data(config) -> str:
@@ -94,8 +95,9 @@ def describe_training_data(config) -> str:
 
 
 # ------------------------------------------------------------------------------------------ uploads
-def prepare_upload(data: bytes, size: int, *, max_pixels: int, min_side: int) -> np.ndarray:
-    """Uploaded bytes -> the uint8 (size, size, 3) image the detector sees, decoded in memory only.
+def prepare_upload(data: bytes, preparer, *, max_pixels: int, min_side: int) -> np.ndarray:
+    """Uploaded bytes -> the uint8 image the detector sees ((S, S, 3), or (P, S, S, 3) patches), decoded
+    in memory only; `preparer` is the detector's `pipeline.image_preparer`.
 
     The header is read first (format and dimensions, no pixels), so a decompression bomb or a tiny
     image is refused before any pixel is decoded; then `imageio.decode_image` and the pipeline's
@@ -132,7 +134,7 @@ def prepare_upload(data: bytes, size: int, *, max_pixels: int, min_side: int) ->
         image = imageio.decode_image(data, max_pixels=max_pixels)
     except imageio.ImageDecodeError as err:
         raise RequestRejected(400, "corrupt_image", f"cannot decode the {kind} image: {err.reason}") from None
-    return pipeline.DecodeAndResize(size, strict=True).map({"image": image})["image"]
+    return preparer.map({"image": image})["image"]
 
 
 # ------------------------------------------------------------------------------------------ detector
@@ -150,17 +152,20 @@ class Detector:
         self.config = self.setup.config
         self.name = str(self.config.model.name)
         self.input_size = int(self.config.data.image_size)
-        self.checkpoint_step = fit_lib.checkpoint_step(workdir)
+        self.preparer = pipeline.image_preparer(self.config.data)
+        self.checkpoint_step = self.setup.step
         self.shards = int(self.setup.mesh.shape["data"])
         self.buckets = tuple(buckets_for(self.shards))
         calibration = detection.read_calibration(workdir, self.setup.step)
         if calibration is None:
-            self.threshold_logit, self.threshold = 0.0, 0.5
+            self.threshold_logit, self.threshold, self.temperature, self.calibrated_band = 0.0, 0.5, 1.0, None
             self.threshold_source = ("default p_fake >= 0.5: no calibration.json for the latest checkpoint "
                                      "(run `jaxface evaluate` on the workdir to calibrate)")
         else:
             self.threshold_logit = float(calibration["threshold_logit"])
-            self.threshold = float(detection.sigmoid(self.threshold_logit))
+            self.temperature = detection.temperature_of(calibration)
+            self.threshold = float(detection.sigmoid(self.threshold_logit / self.temperature))
+            self.calibrated_band = calibration.get("uncertain_band")
             self.threshold_source = (f"calibrated on the {calibration.get('split', 'val')} split "
                                      f"({calibration.get('method', 'unknown method')})")
         self.trained_on = describe_training_data(self.config)
@@ -174,7 +179,8 @@ class Detector:
         """Compiles the predict step for every bucket, so no request waits for a compile."""
         start = time.perf_counter()
         for bucket in self.buckets:
-            self._logits(np.zeros((bucket, self.input_size, self.input_size, 3), np.uint8))
+            blank = np.zeros((self.input_size, self.input_size, 3), np.uint8)
+            self._logits(np.zeros((bucket,) + self.preparer.map({"image": blank})["image"].shape, np.uint8))
         self.compile_seconds = time.perf_counter() - start
 
     def bucket_for(self, n: int) -> int:
@@ -189,7 +195,7 @@ class Detector:
     def p_fake(self, images: Sequence[np.ndarray]) -> list[tuple[float, float]]:
         """[(p_fake, logit)] of uint8 (S, S, 3) images, in one call padded to the next bucket."""
         logits = self._logits(np.stack(images))
-        return [(float(detection.sigmoid(z)), float(z)) for z in logits]
+        return [(float(detection.sigmoid(z / self.temperature)), float(z)) for z in logits]
 
     def is_fake(self, logit: float) -> bool:
         return logit >= self.threshold_logit  # the same rule as `jaxface predict`

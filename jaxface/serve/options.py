@@ -22,7 +22,9 @@ class ServeOptions:
     max_batch_files: int = 32  # files per POST /v1/detect/batch
     max_pixels: int = 40_000_000  # width x height read from the header, refused before decoding
     min_side: int = 64  # smallest accepted image side in pixels
-    uncertain_band: float = 0.0  # |p_fake - threshold| below this -> "uncertain"; 0: off
+    # |p_fake - threshold| below this -> "uncertain"; 0: off; None: the band calibration.json measured
+    # (validation accuracy >= 0.95 outside it), off without one.
+    uncertain_band: float | None = None
     max_generate_steps: int = 300  # cap on a generate request's optimisation steps
     generate_steps: int = 0  # steps when a request gives none; 0: the fitted config's, capped
     max_generate_pending: int = 4  # generate requests running or waiting; more -> 503
@@ -41,7 +43,7 @@ class ServeOptions:
         positive_int("generate_steps", 0)
         if not (math.isfinite(self.batch_wait_ms) and 0 <= self.batch_wait_ms <= 1000):
             raise ServeOptionError(f"--batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
-        if not (math.isfinite(self.uncertain_band) and 0 <= self.uncertain_band < 0.5):
+        if self.uncertain_band is not None and not (math.isfinite(self.uncertain_band) and 0 <= self.uncertain_band < 0.5):
             raise ServeOptionError(f"--uncertain_band must be in [0, 0.5) (0 turns it off), got {self.uncertain_band}")
         if self.generate_steps > self.max_generate_steps:
             raise ServeOptionError(f"--generate_steps={self.generate_steps} exceeds --max_generate_steps="

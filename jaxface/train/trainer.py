@@ -119,6 +119,8 @@ def load_for_inference(workdir, config=None) -> Setup:
         if not path.exists():
             raise checkpoint.CheckpointError(f"{workdir} has no config.json: is it a jaxface workdir?")
         config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if (workdir / EXPORTED_WEIGHTS).exists() and not (workdir / checkpoint.CHECKPOINT_DIR).exists():
+        return _load_exported(workdir, config)
     setup = build(config)
     mngr = checkpoint.manager(workdir, create=False)
     restored = checkpoint.restore_latest(mngr, model_state=setup.model_state.to_pure_dict())
@@ -128,6 +130,88 @@ def load_for_inference(workdir, config=None) -> Setup:
     nnx.replace_by_pure_dict(setup.model_state, restored["model"])
     nnx.update(setup.model, setup.model_state)
     setup.config, setup.step, setup.workdir = config, int(restored["step"]), workdir
+    return setup
+
+
+# ------------------------------------------------------------------------------- exported models
+EXPORTED_WEIGHTS = "model.safetensors"  # the model state alone (no optimiser), flat "a/b/c" keys
+EXPORTED_META = "exported.json"
+
+
+def _is_key(value) -> bool:
+    return jnp.issubdtype(getattr(value, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "/"))
+        elif not (_is_key(value) or "rngs/" in name):  # dropout's RNG state comes from the config's seed
+            out[name] = np.ascontiguousarray(np.asarray(value))
+    return out
+
+
+def _unflat(template, flat: dict, prefix=""):
+    out = {}
+    for key, value in template.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = _unflat(value, flat, name + "/")
+        elif _is_key(value) or "rngs/" in name:
+            out[key] = value
+        else:
+            if name not in flat or flat[name].shape != np.shape(value):
+                raise checkpoint.CheckpointError(
+                    f"exported weights lack {name} {np.shape(value)} (or hold another shape): they belong to "
+                    "another model than config.json describes")
+            out[key] = flat[name]
+    return out
+
+
+def export_model(workdir, out_dir) -> list[pathlib.Path]:
+    """The latest checkpoint's model state of WORKDIR as a small folder any inference command loads like
+    a workdir: config.json, model.safetensors (no optimiser state), calibration.json when one matches
+    that checkpoint, exported.json (step, SHA-256 of the weights)."""
+    import hashlib
+    import json
+
+    from safetensors.numpy import save_file
+
+    setup = load_for_inference(workdir)
+    out_dir = files.as_path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / EXPORTED_WEIGHTS
+    save_file(_flat(setup.model_state.to_pure_dict()), str(weights))
+    written = [files.write_text(out_dir / "config.json", setup.config.to_json(indent=2)), weights]
+    calibration = files.as_path(workdir) / "calibration.json"
+    if calibration.exists() and json.loads(calibration.read_text()).get("step") == setup.step:
+        written.append(files.write_text(out_dir / "calibration.json", calibration.read_text()))
+    written.append(files.write_json(out_dir / EXPORTED_META, {
+        "step": setup.step, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "exported_from": files.as_path(workdir).name}))
+    return written
+
+
+def _load_exported(folder: pathlib.Path, config) -> Setup:
+    import json
+
+    from safetensors.numpy import load_file
+
+    meta_path = folder / EXPORTED_META
+    try:
+        meta = json.loads(meta_path.read_text())
+        flat = load_file(str(folder / EXPORTED_WEIGHTS))
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: say which
+        raise checkpoint.CheckpointError(f"cannot read the exported model in {folder}: {err}") from None
+    setup = build(config)
+    template = setup.model_state.to_pure_dict()
+    placed = jax.tree.map(lambda new, old: new if new is old else jax.device_put(new, old.sharding),
+                          _unflat(template, flat), template)
+    nnx.replace_by_pure_dict(setup.model_state, placed)
+    nnx.update(setup.model, setup.model_state)
+    setup.config, setup.step, setup.workdir = config, int(meta["step"]), folder
     return setup
 
 
@@ -201,6 +285,18 @@ class _Preemption:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again aborts at once)",
                   file=sys.stderr, flush=True)
+
+    def agreed(self) -> str | None:
+        """The signal to stop for, the same in every process: with several processes each one sees a
+        signal at its own step, and one saving a checkpoint while another runs on would wait on each
+        other in their next collective. One small all-gather per step (multi-process runs only)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        codes = {None: 0, "SIGTERM": 1, "SIGINT": 2}
+        seen = int(np.max(multihost_utils.process_allgather(np.int32(codes[self.requested]))))
+        return {v: k for k, v in codes.items()}[seen]
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
@@ -340,9 +436,10 @@ def _train(config, workdir, on_start) -> dict:
                 model_state, opt_state, metrics = train_step(model_state, opt_state, batch)
                 step += 1
                 faults.hit("train_step")
+                stop = preemption.agreed()
                 pending.append(metrics)
                 final = step == num_steps
-                if step % log_every == 0 or final or preemption.requested:
+                if step % log_every == 0 or final or stop:
                     check_finite()
                     host = {k: float(np.mean([float(m[k]) for m in pending])) for k in pending[0]
                             if k != "nonfinite"}
@@ -361,14 +458,14 @@ def _train(config, workdir, on_start) -> dict:
                     if log.main:
                         print(f"step {step}: val " + " ".join(
                             f"{k}={v:.4f}" for k, v in scalars.items() if isinstance(v, float)), flush=True)
-                if step % ckpt_every == 0 or final or preemption.requested:
+                if step % ckpt_every == 0 or final or stop:
                     check_finite()
                     checkpoint.save(mngr, step, model_state=model_state.to_pure_dict(),
                                     opt_state=opt_state.to_pure_dict(), meta=meta(),
                                     data_iterator=train_batches._iter, force=True)
-                if preemption.requested:
+                if stop:
                     checkpoint.wait_until_finished(mngr, step)
-                    interrupted = preemption.requested
+                    interrupted = stop
                     print(f"{interrupted}: saved checkpoint step {step} in {mngr.directory}; exiting "
                           "(run the same command again to resume)", flush=True)
                     break

@@ -82,6 +82,7 @@ class DeepfakeTask(Task):
     def _model_kwargs(self) -> dict:
         m = self.config.model
         return dict(input_size=self.input_size, width=float(option(m, "width", 1.0)),
+                    input_transform=str(option(m, "input_transform", "none")),
                     depth=float(option(m, "depth", 1.0)), dropout=float(option(m, "dropout", 0.2)),
                     **self.model_options)
 
