@@ -110,8 +110,23 @@ def maybe_initialize_distributed(config: Any = None) -> None:
     """Calls jax.distributed.initialize() when a multi-process launch asks for it, once.
 
     A launch asks through config.distributed.enabled, or the environment that TPU VMs and our local
-    launcher set (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES). On a single process it does nothing.
+    launcher set (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES; JAX_COORDINATOR_ADDRESS=auto: let jax
+    discover the topology, as on TPU VMs). On a single process it does nothing.
+
+    How soon the processes give up on each other, in whole seconds (the environment overrides):
+      JAXFACE_DIST_INIT_TIMEOUT_S      (120) for every process to connect at the start;
+      JAXFACE_DIST_HEARTBEAT_S         (30)  after a process stopped (killed, crashed, preempted), before
+                                             the others stop too, instead of waiting in a collective;
+      JAXFACE_DIST_SHUTDOWN_TIMEOUT_S  (120) at exit, for the others to finish too (keep it above the
+                                             longest time process 0 writes after the others are done).
+    jax's defaults are 300, 100 and 300. In jax 0.10 each of these timeouts ends the waiting processes
+    through the runtime's fatal error ("Terminating process because the JAX distributed service detected
+    fatal errors ... another task died"), not a Python exception: jax offers no hook that could turn it
+    into one line (its missed_heartbeat_callback cannot be given a Python function). launch/local/run.sh
+    stops the survivors itself and names the process that failed first.
     """
+    import inspect  # local: only a multi-process start needs it
+
     dist = getattr(config, "distributed", None) if config is not None else None
     enabled = bool(getattr(dist, "enabled", False)) or "JAX_COORDINATOR_ADDRESS" in os.environ
     if not enabled or jax.distributed.is_initialized():
@@ -126,9 +141,27 @@ def maybe_initialize_distributed(config: Any = None) -> None:
             value = os.environ[var] if key == "coordinator_address" else int(os.environ[var])
         if value not in (None, "", -1, "auto"):  # "auto": let jax discover (TPU VMs)
             kwargs[key] = value
+    timeouts = {"initialization_timeout": ("JAXFACE_DIST_INIT_TIMEOUT_S", 120),
+                "heartbeat_timeout_seconds": ("JAXFACE_DIST_HEARTBEAT_S", 30),
+                "shutdown_timeout_seconds": ("JAXFACE_DIST_SHUTDOWN_TIMEOUT_S", 120)}
+    accepted = inspect.signature(jax.distributed.initialize).parameters  # older jax lacks some of them
+    for key, (var, default) in timeouts.items():
+        raw = os.environ.get(var, "").strip()
+        if raw and not (raw.isdigit() and int(raw) >= 1):
+            raise ValueError(f"{var}={raw!r}: must be a whole number of seconds, at least 1")
+        if key in accepted:
+            kwargs[key] = int(raw) if raw else default
     if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-    jax.distributed.initialize(**kwargs)
+    # jax reads JAX_COORDINATOR_ADDRESS itself: hide the "auto" placeholder while it discovers the address.
+    auto = os.environ.get("JAX_COORDINATOR_ADDRESS") == "auto" and "coordinator_address" not in kwargs
+    if auto:
+        del os.environ["JAX_COORDINATOR_ADDRESS"]
+    try:
+        jax.distributed.initialize(**kwargs)
+    finally:
+        if auto:
+            os.environ["JAX_COORDINATOR_ADDRESS"] = "auto"
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
