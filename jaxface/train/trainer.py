@@ -138,19 +138,16 @@ EXPORTED_WEIGHTS = "model.safetensors"  # the model state alone (no optimiser), 
 EXPORTED_META = "exported.json"
 
 
-def _is_key(value) -> bool:
-    return jnp.issubdtype(getattr(value, "dtype", np.float32), jax.dtypes.prng_key)
+def _runtime_rng(name: str, value) -> bool:
+    """Dropout's RNG state: not exported; rebuilt from the config's seed on load."""
+    return "rngs/" in name or jnp.issubdtype(getattr(value, "dtype", np.float32), jax.dtypes.prng_key)
 
 
-def _flat(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, name + "/"))
-        elif not (_is_key(value) or "rngs/" in name):  # dropout's RNG state comes from the config's seed
-            out[name] = np.ascontiguousarray(np.asarray(value))
-    return out
+def _flat(tree) -> dict:
+    from jaxface.models import weights
+
+    return {name: np.ascontiguousarray(np.asarray(value))
+            for name, value in weights.flatten_state(tree).items() if not _runtime_rng(name, value)}
 
 
 def _unflat(template, flat: dict, prefix=""):
@@ -159,7 +156,7 @@ def _unflat(template, flat: dict, prefix=""):
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out[key] = _unflat(value, flat, name + "/")
-        elif _is_key(value) or "rngs/" in name:
+        elif _runtime_rng(name, value):
             out[key] = value
         else:
             if name not in flat or flat[name].shape != np.shape(value):
