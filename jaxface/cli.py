@@ -14,7 +14,6 @@ from typing import Callable
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class UsageError(ValueError):
@@ -206,11 +205,11 @@ def cmd_generate(argv):
 
 
 def cmd_bench(argv):
-    """Benchmark suites (train, inversion, cgmm, data, serve, all): prints a table, writes JSON records."""
+    """Benchmark suites (train, inversion, cgmm, data, predict, serve, all): prints a table, writes JSON records."""
     from jaxface import files
     from jaxface.bench import suites
 
-    records = suites.run(FLAGS.suite, quick=FLAGS.quick, torch_python=FLAGS.torch_python)
+    records = suites.run(FLAGS.suite, quick=FLAGS.quick, torch_python=FLAGS.torch_python, size=FLAGS.size)
     out = FLAGS.out or "bench.json"
     files.write_json(out, records)
     print(f"wrote {out} ({len(records)} records)")
@@ -341,11 +340,14 @@ def _flags_generate():
 
 
 def _flags_bench():
-    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | serve | all")
+    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | predict | serve | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
-    flags.DEFINE_boolean("quick", False, "Smaller cases (a smoke run).")
-    flags.DEFINE_string("torch_python", None, "A Python interpreter with torch: the inversion suite then "
-                        "also times the PyTorch eager reference of the same step, in the same run.")
+    flags.DEFINE_boolean("quick", False, "Smaller cases (the same as --size=quick).")
+    flags.DEFINE_enum("size", None, ["full", "quick", "smoke"], "Case sizes: full (default), quick, or smoke "
+                      "(the smallest cases, seconds each: checks that every suite runs, not its speed).")
+    flags.DEFINE_string("torch_python", None, "A Python interpreter with torch (and numpy, Pillow): the "
+                        "train, inversion and predict suites then also time the PyTorch eager reference of the "
+                        "same work in the same run (speedup_vs_torch).")
 
 
 def _flags_predict():
@@ -408,6 +410,31 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
+def _version_text() -> str:
+    """`jaxface --version`: versions, and what a run on this machine will use (devices, convolution,
+    compilation cache) and why."""
+    from importlib import metadata
+
+    import jax
+    import jaxlib
+
+    from jaxface import parallel
+    from jaxface.kernels import onednn
+
+    try:
+        version = metadata.version("jaxface")
+    except metadata.PackageNotFoundError:
+        version = "(not installed: run from a source tree)"
+    cache = parallel.compilation_cache_dir()
+    devices = jax.devices()
+    return "\n".join([
+        f"jaxface {version} (python {sys.version.split()[0]}, jax {jax.__version__}, jaxlib {jaxlib.__version__})",
+        f"devices: {len(devices)} x {devices[0].platform} ({jax.process_count()} process(es))",
+        f"convolution on CPU: {onednn.describe()}",
+        f"compilation cache: {cache or 'off'} ({parallel.COMPILATION_CACHE_ENV}=DIR moves it, =off turns it off)",
+    ])
+
+
 def _usage() -> str:
     lines = ["usage: jaxface <command> [--config=FILE] [--workdir=DIR] [--config.key=value ...]", "",
              "commands:"]
@@ -417,16 +444,19 @@ def _usage() -> str:
 
 
 def _resolve_config_path(args: list[str]) -> list[str]:
-    """Lets `--config=configs/...` work from any directory by falling back to the repository's."""
+    """Lets `--config=configs/...` work from any directory: the repository's or the installed package's."""
+    from jaxface import config as config_lib
+
     out = []
     for a in args:
         if a.startswith("--config=") and not a.startswith("--config."):
             path = a.split("=", 1)[1]
-            base = path.split(":", 1)[0]
-            if base and not os.path.exists(base) and (REPO_ROOT / base).exists():
-                a = "--config=" + str(REPO_ROOT / path)
-            elif base and not os.path.exists(base) and not (REPO_ROOT / base).exists():
-                raise UsageError(f"config file {base!r} not found (configs live in {REPO_ROOT / 'configs'})")
+            base, sep, arg = path.partition(":")
+            if base and not os.path.exists(base):
+                try:
+                    a = "--config=" + str(config_lib.config_path(base)) + sep + arg
+                except FileNotFoundError as err:
+                    raise UsageError(str(err)) from None
         out.append(a)
     return out
 
@@ -513,6 +543,9 @@ def run(argv: list[str] | None = None):
         return 2
     if argv[1] in ("-h", "--help", "help", "--helpfull"):
         print(_usage())
+        return 0
+    if argv[1] in ("--version", "version"):
+        print(_version_text())
         return 0
     name = argv[1]
     if name not in COMMANDS:

@@ -19,14 +19,26 @@ def option(section, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+# An installed wheel carries the repository's configs/ folder as jaxface/configs (setup.py).
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def configs_folder() -> pathlib.Path:
+    """Where the shipped config files are: the repository's configs/, or the installed package's copy."""
+    return REPO_ROOT / "configs" if (REPO_ROOT / "configs").is_dir() else PACKAGED_CONFIGS
+
+
 def config_path(path: str | pathlib.Path) -> pathlib.Path:
-    """A config file path as given, or relative to the repository's root."""
+    """A config file path as given, else relative to the repository's root, else (for a path starting
+    with configs/) the copy inside an installed jaxface."""
     p = pathlib.Path(path)
     if p.exists():
         return p
     if (REPO_ROOT / p).exists():
         return REPO_ROOT / p
-    raise FileNotFoundError(f"config file {str(path)!r} not found (configs live in {REPO_ROOT / 'configs'})")
+    if p.parts[:1] == ("configs",) and PACKAGED_CONFIGS.joinpath(*p.parts[1:]).exists():
+        return PACKAGED_CONFIGS.joinpath(*p.parts[1:])
+    raise FileNotFoundError(f"config file {str(path)!r} not found (configs live in {configs_folder()})")
 
 
 def load_config(path: str | pathlib.Path, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:

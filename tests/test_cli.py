@@ -131,6 +131,8 @@ def test_pytorch_reference_under_a_python_without_torch_is_a_clear_error():
         pytest.skip("this Python has torch: the reference would run")
     with pytest.raises(common.BenchError, match=r"PyTorch reference failed under .*No module named 'torch'"):
         inversion_bench.torch_reference(sys.executable, ["tiny"], steps=1, repeats=1)
+    with pytest.raises(common.BenchError, match=r"torch_train.py failed under .*No module named 'torch'"):
+        common.run_torch_script(sys.executable, "torch_train.py", {"cases": []})
 
 
 def test_training_on_an_unreadable_folder_stops_at_once_and_leaves_no_workdir(tmp_path):

@@ -1,9 +1,12 @@
 """What every benchmark suite shares: the machine's description, its measured matmul peak, timing."""
 from __future__ import annotations
 
+import functools
+import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Callable, Sequence
 
@@ -33,6 +36,62 @@ def environment() -> dict:
         backend=jax.default_backend(), devices=jax.device_count(), load_average=load_average(),
         convolution_backend=onednn.describe(),
     )
+
+
+# Every record of every suite carries these keys (None where a figure does not apply), so one reader
+# handles all of them; a suite adds its own keys beside them. `throughput` is in `throughput_unit`
+# (images/s for the compute suites), medians after a warm-up; `peak_gflops_per_s` is this machine's
+# float32 matmul rate measured in the same run, `fraction_of_peak` the record's GFLOP/s against it.
+CORE_KEYS = (
+    "suite", "name", "batch", "resolution", "step_ms", "throughput", "throughput_unit", "compile_s",
+    "gflops_per_s", "peak_gflops_per_s", "fraction_of_peak", "torch_throughput", "speedup_vs_torch",
+)
+ENVIRONMENT_KEYS = (
+    "jax_version", "jaxlib_version", "cpu_model", "cpu_count", "xla_flags", "backend", "devices",
+    "load_average", "convolution_backend",
+)
+RECORD_KEYS = CORE_KEYS + ENVIRONMENT_KEYS
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_peak() -> tuple[float, float]:
+    """measure_matmul_peak(), measured once per process: every suite of one run shares the figure."""
+    return measure_matmul_peak()
+
+
+def complete(record: dict) -> dict:
+    """The record with every RECORD_KEYS entry: the environment where the record has none of its own,
+    the matmul peak, and the fraction of it and the speed-up over PyTorch where they can be computed."""
+    for key in ("suite", "name", "throughput", "throughput_unit"):
+        if record.get(key) is None:
+            raise ValueError(f"benchmark record {record.get('name')!r} of suite {record.get('suite')!r} "
+                             f"has no {key!r}")
+    out = {**environment(), **{k: None for k in CORE_KEYS}, **record}
+    if out["peak_gflops_per_s"] is None:
+        out["peak_gflops_per_s"] = round(matmul_peak()[0], 2)
+    if out["fraction_of_peak"] is None and out["gflops_per_s"]:
+        out["fraction_of_peak"] = round(out["gflops_per_s"] / out["peak_gflops_per_s"], 3)
+    if out["speedup_vs_torch"] is None and out["torch_throughput"]:
+        out["speedup_vs_torch"] = round(out["throughput"] / out["torch_throughput"], 3)
+    return out
+
+
+def run_torch_script(torch_python: str, script: str, request: dict) -> list[dict]:
+    """Records printed (as one JSON list on the last line) by `script` of this folder, run by
+    `torch_python` with `request` as JSON on stdin; BenchError naming the interpreter when it fails."""
+    check_torch_python(torch_python)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    done = subprocess.run([torch_python, path], input=json.dumps(request), capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"the PyTorch reference {script} failed under {torch_python} (does it have torch, "
+                         f"numpy and Pillow?): {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_torch_python(torch_python: str | None) -> None:
+    if torch_python is not None and not (os.path.isfile(torch_python) and os.access(torch_python, os.X_OK)):
+        raise BenchError(f"--torch_python={torch_python!r} is not an executable Python interpreter")
 
 
 def load_average() -> float | None:
@@ -88,7 +147,11 @@ def compiled_flops(jitted, *args, **kwargs) -> float | None:
         if onednn.CALL_MARKER in lowered.as_text():
             with onednn.forced("xla"):
                 lowered = jitted.lower(*args, **kwargs)
-        cost = lowered.compile().cost_analysis()
+        try:  # the unoptimised program's count: the same arithmetic, without a second compile
+            cost = lowered.cost_analysis()
+        except Exception:  # noqa: BLE001 - fall back to the compiled program's count
+            cost = None
+        cost = cost or lowered.compile().cost_analysis()
     except Exception:  # noqa: BLE001 - some backends do not report costs
         return None
     if isinstance(cost, (list, tuple)):

@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.bench.common import BenchError, compiled_flops, environment, load_average, measure_matmul_peak
+from jaxface.bench.common import (
+    BenchError, check_torch_python, compiled_flops, environment, load_average, matmul_peak,
+)
 from jaxface.invert import render as render_lib
 from jaxface.kernels import onednn
 
@@ -61,6 +63,8 @@ CONFIGS = {
     "full64": Config("full64", 1.0, 64, 8),
     "full112": Config("full112", 1.0, 112, 4),
 }
+# The smallest case, for `jaxface bench --size=smoke` (not part of a default run).
+SMOKE = Config("smoke", 0.0625, 32, 8)
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -270,6 +274,8 @@ def bench_config(
             cpu_ms_per_step=round(cpu_s * 1e3, 2),
             image_steps_per_cpu_s=round(config.batch / cpu_s, 2),
             image_steps_per_s=round(config.batch / step_s[loop], 2),
+            throughput=round(config.batch / step_s[loop], 2),
+            throughput_unit="image-steps/s",
             gflop_per_step=round(problem.flops_per_step / 1e9, 3),
             gflops_per_s=round(gflops, 2),
             peak_gflops_per_s=round(peak_gflops, 2),
@@ -307,14 +313,14 @@ def run(
     (jaxface/bench/torch_inversion.py) then runs right after, and every JAX record gets
     `speedup_vs_torch` (its image-steps/s over torch's, measured in this run).
     """
-    if torch_python is not None and not (os.path.isfile(torch_python) and os.access(torch_python, os.X_OK)):
-        raise BenchError(f"--torch_python={torch_python!r} is not an executable Python interpreter")
+    check_torch_python(torch_python)
     if model not in ("auto", "vggface", "builtin"):
         raise BenchError(f"unknown model {model!r}; valid: auto, vggface, builtin")
     if layout not in ("NHWC", "NCHW"):
         raise BenchError(f"unknown layout {layout!r}; valid: NHWC, NCHW")
     names = list(configs or (["tiny"] if quick else list(CONFIGS)))
-    unknown = [n for n in names if n not in CONFIGS]
+    known = {**CONFIGS, SMOKE.name: SMOKE}
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise BenchError(f"unknown inversion bench config(s) {unknown}; valid: {', '.join(CONFIGS)}")
     bad_loops = [lp for lp in loops if lp not in LOOP_FORMS]
@@ -324,7 +330,7 @@ def run(
     # Each loop form in the chunks `generate` runs it in (render.DEFAULT_CHUNK), unless one is given.
     chunks = {loop: int(chunk or render_lib.DEFAULT_CHUNK[loop]) for loop in loops}
     env = environment()
-    peak, peak_per_cpu_s = measure_matmul_peak()
+    peak, peak_per_cpu_s = matmul_peak()
     log(f"float32 matmul peak: {peak:.1f} GFLOP/s, {peak_per_cpu_s:.1f} GFLOP per CPU-second  "
         f"({env['cpu_model']}, {env['cpu_count']} cores, "
         f"jax {env['jax_version']}, XLA_FLAGS={env['xla_flags']!r}, load {load_average()})")
@@ -332,7 +338,7 @@ def run(
     records = []
     for name in names:
         records += bench_config(
-            CONFIGS[name], loops=loops, chunks=chunks, scan_unroll=scan_unroll, repeats=repeats,
+            known[name], loops=loops, chunks=chunks, scan_unroll=scan_unroll, repeats=repeats,
             peak_gflops=peak, peak_gflops_per_cpu_s=peak_per_cpu_s, env=env, model=model, layout=layout,
             log=log,
         )
@@ -341,10 +347,13 @@ def run(
                                     repeats)
         for r in reference:
             r.update(backend="cpu", devices=1, model="torch-eager", speedup_vs_torch=1.0,
-                     cpu_model=env["cpu_model"], cpu_count=env["cpu_count"])
+                     cpu_model=env["cpu_model"], cpu_count=env["cpu_count"], suite=SUITE,
+                     throughput=r["image_steps_per_s"], throughput_unit="image-steps/s",
+                     torch_throughput=r["image_steps_per_s"])
             log(_row(r))
         torch_rate = {r["name"]: r["image_steps_per_s"] for r in reference}
         for r in records:
+            r["torch_throughput"] = torch_rate[r["name"]]
             r["speedup_vs_torch"] = round(r["image_steps_per_s"] / torch_rate[r["name"]], 3)
             log(f"  {r['name']} {r['loop']}: {r['image_steps_per_s']} image-steps/s = "
                 f"{r['speedup_vs_torch']}x PyTorch eager ({torch_rate[r['name']]})")

@@ -27,6 +27,9 @@ CASES = {
     "synthfakes_mobilenet": ("configs/detect/synthfakes_mobilenet.py", {}),
     "realfake_resnet18": ("configs/detect/realfake_resnet18.py", {"data.root": "unused-for-timing"}),
 }
+# The smallest case, for `--size=smoke` and the test suite: a spectrum detector at 32 px.
+SMOKE_CASES = {"tiny_spectrum": ("configs/detect/synthfakes_mobilenet.py", {
+    "model.name": "spectrum", "model.input_size": 32, "data.image_size": 32, "model.dropout": 0.0})}
 CLIENTS = (1, 8, 32)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WEIGHTS = "freshly initialised (step 0 checkpoint, timing only)"
@@ -101,7 +104,7 @@ def fresh_workdir(config_path: str, overrides: dict, workdir: pathlib.Path) -> p
     from jaxface.train import checkpoint, optim, trainer
 
     workdir = pathlib.Path(workdir)
-    cfg = config_lib.load_config(str(REPO_ROOT / config_path), overrides or None)
+    cfg = config_lib.load_config(config_path, overrides or None)
     setup = trainer.build(cfg)
     # The optimiser state a training run would save with it (checkpoints always hold one).
     trainable = optim.trainable_filter(cfg.get("freeze_below", ""), setup.task.layer_of, setup.task.layer_index)
@@ -152,7 +155,8 @@ def run(quick: bool = False, cases: dict | None = None, clients=CLIENTS, latency
             workdir = fresh_workdir(config_path, overrides, pathlib.Path(tmp) / case)
             saved = json.loads((workdir / "config.json").read_text())
             base = {"suite": "serve", "case": case, "config": config_path, "model": saved["model"]["name"],
-                    "input_size": saved["data"]["image_size"], "weights": WEIGHTS, "upload": "256x256 JPEG"}
+                    "input_size": saved["data"]["image_size"], "resolution": saved["data"]["image_size"],
+                    "weights": WEIGHTS, "upload": "256x256 JPEG", "throughput_unit": "requests/s"}
             for batching in (True, False):
                 args = [f"--workdir={workdir}", "--min_side=32", *extra_args] + ([] if batching else ["--max_batch=1"])
                 server = ServerProcess(args)
@@ -161,7 +165,7 @@ def run(quick: bool = False, cases: dict | None = None, clients=CLIENTS, latency
                     single = _timed_run(server, request, latency_requests, 1)
                     mode = "batched" if batching else "unbatched"
                     records.append(dict(base, name=f"{case}_{mode}_single", micro_batching=batching, clients=1,
-                                        measure="latency", **single, **env))
+                                        measure="latency", **single, **_core(single), **env))
                     print(f"{case} {mode}: single request p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f} ms",
                           flush=True)
                     first = None
@@ -170,7 +174,7 @@ def run(quick: bool = False, cases: dict | None = None, clients=CLIENTS, latency
                         first = first or result["throughput_rps"]
                         records.append(dict(base, name=f"{case}_{mode}_c{c}", micro_batching=batching, clients=c,
                                             measure="throughput", vs_one_client=result["throughput_rps"] / first,
-                                            **result, **env))
+                                            **result, **_core(result), **env))
                         print(f"{case} {mode}: {c:2d} clients {result['throughput_rps']:.0f} req/s "
                               f"(p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms)", flush=True)
                 finally:
@@ -178,6 +182,11 @@ def run(quick: bool = False, cases: dict | None = None, clients=CLIENTS, latency
                 if code != 0:
                     raise RuntimeError(f"jaxface serve exited {code}:\n" + "".join(server.output[-20:]))
     return records
+
+
+def _core(result: dict) -> dict:
+    # The common record keys (bench.common.CORE_KEYS): requests/s, and the median round trip as the step.
+    return {"throughput": result["throughput_rps"], "step_ms": result["p50_ms"]}
 
 
 def summary(records) -> str:

@@ -7,63 +7,99 @@ from __future__ import annotations
 
 from typing import Callable
 
-SUITE_NAMES = ("train", "inversion", "cgmm", "data", "serve")
+SUITE_NAMES = ("train", "inversion", "cgmm", "data", "predict", "serve")
+SIZES = ("full", "quick", "smoke")  # smoke: the smallest cases, seconds each (the test suite runs them)
 
 
-def _train(quick: bool, torch_python: str | None = None) -> list[dict]:
+def _train(size: str, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import train_bench
 
-    return train_bench.run(("tiny", "full64") if quick else tuple(train_bench.CASES), steps=3 if quick else 5)
+    if size == "smoke":
+        case = train_bench.Case("smoke_vggface", 0.0625, 32, 8, torch=True)
+        train_bench.CASES.setdefault(case.name, case)
+        return train_bench.run((case.name,), steps=1, repeats=1, torch_python=torch_python)
+    names = train_bench.QUICK if size == "quick" else tuple(train_bench.CASES)
+    return train_bench.run(names, steps=3 if size == "quick" else 5, torch_python=torch_python)
 
 
-def _inversion(quick: bool, torch_python: str | None = None) -> list[dict]:
+def _inversion(size: str, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import inversion_bench
 
-    return inversion_bench.run(quick=quick, torch_python=torch_python)
+    if size == "smoke":
+        return inversion_bench.run(["smoke"], loops=("python",), chunk=1, repeats=1, torch_python=torch_python)
+    return inversion_bench.run(quick=size == "quick", torch_python=torch_python)
 
 
-def _cgmm(quick: bool, torch_python: str | None = None) -> list[dict]:
+def _cgmm(size: str, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import cgmm_bench
 
-    return cgmm_bench.run(num=4000, dim=1024) if quick else cgmm_bench.run()
+    if size == "smoke":
+        return cgmm_bench.run(num=1000, dim=64, K=6, batch=250, sgd_steps=20, repeats=1)
+    return cgmm_bench.run(num=4000, dim=1024) if size == "quick" else cgmm_bench.run()
 
 
-def _data(quick: bool, torch_python: str | None = None) -> list[dict]:
-    from jaxface.bench import common, synthfaces_speed
+def _data(size: str, torch_python: str | None = None) -> list[dict]:
+    from jaxface.bench import synthfaces_speed
     from jaxface.data import augment
 
-    records = [dict(r, suite="data", name=f"synthfaces_{r.get('path', 'render')}_{r['resolution']}")
-               for r in synthfaces_speed.run(repeats=3 if quick else 5, verbose=False)]
-    for size in (64, 160):
-        r = augment.measure_throughput(size=size, n=100 if quick else 300)
-        records.append({"suite": "data", "name": f"augment_{size}", "resolution": size,
-                        "images_per_second": r["images_per_s"]})
-    env = common.environment()
-    return [dict(r, **env) for r in records]
+    smoke = size == "smoke"
+    repeats = 1 if smoke else 3 if size == "quick" else 5
+    records = []
+    for r in synthfaces_speed.run(resolutions=(32,) if smoke else (64, 128), repeats=repeats, verbose=False,
+                                  batch_size=16 if smoke else 256, items_per_repeat=8 if smoke else 200,
+                                  include_fakes=not smoke):
+        name = f"synthfaces_{r['path'].replace(' ', '_')}_{r['resolution']}"
+        if r["source"] != "SynthFaces":
+            name = f"synthfakes_{r['path'].replace(' ', '_')}_{r['resolution']}"
+        records.append(dict(r, suite="data", name=name, batch=r["batch_size"], throughput=r["images_per_second"],
+                            throughput_unit="images/s", step_ms=round(1e3 / r["images_per_second"], 4)))
+    for side in (32,) if smoke else (64, 160):
+        r = augment.measure_throughput(size=side, n=8 if smoke else 100 if size == "quick" else 300)
+        records.append({"suite": "data", "name": f"augment_{side}", "resolution": side, "batch": 1,
+                        "images_per_second": r["images_per_s"], "throughput": r["images_per_s"],
+                        "throughput_unit": "images/s", "step_ms": round(1e3 / r["images_per_s"], 4)})
+    return records
 
 
-def _serve(quick: bool, torch_python: str | None = None) -> list[dict]:
+def _predict(size: str, torch_python: str | None = None) -> list[dict]:
+    from jaxface.bench import predict_bench
+
+    if size == "smoke":
+        return predict_bench.run(num_images=4, batch=8, repeats=1, torch_python=torch_python)
+    return predict_bench.run(num_images=64 if size == "quick" else 256, torch_python=torch_python)
+
+
+def _serve(size: str, torch_python: str | None = None) -> list[dict]:
     from jaxface.bench import serve_bench
 
-    records = serve_bench.run(quick=quick)
+    if size == "smoke":
+        records = serve_bench.run(cases=serve_bench.SMOKE_CASES, clients=(2,), latency_requests=3,
+                                  throughput_requests=4)
+    else:
+        records = serve_bench.run(quick=size == "quick")
     serve_bench.summary(records)
     return records
 
 
-# Each suite takes (quick, torch_python); only the inversion suite has a PyTorch reference.
+# Each suite takes (size, torch_python); all but data and serve time a PyTorch eager reference with it.
 SUITES: dict[str, Callable[..., list[dict]]] = {
-    "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data, "serve": _serve,
+    "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data, "predict": _predict, "serve": _serve,
 }
 
 
-def run(suite: str, quick: bool = False, torch_python: str | None = None) -> list[dict]:
-    if suite != "all" and suite not in SUITES:
-        from jaxface.bench.common import BenchError
+def run(suite: str, quick: bool = False, torch_python: str | None = None, size: str | None = None) -> list[dict]:
+    """Records of `suite` (or every suite for 'all'), each with common.RECORD_KEYS."""
+    from jaxface.bench import common
 
-        raise BenchError(f"unknown --suite={suite!r}; valid: {', '.join(SUITE_NAMES)}, all")
+    if suite != "all" and suite not in SUITES:
+        raise common.BenchError(f"unknown --suite={suite!r}; valid: {', '.join(SUITE_NAMES)}, all")
+    size = size or ("quick" if quick else "full")
+    if size not in SIZES:
+        raise common.BenchError(f"unknown benchmark size {size!r}; valid: {', '.join(SIZES)}")
+    common.check_torch_python(torch_python)
     names = SUITE_NAMES if suite == "all" else (suite,)
     records = []
     for name in names:
         print(f"--- bench suite: {name}", flush=True)
-        records += SUITES[name](quick, torch_python)
+        records += [common.complete(r) for r in SUITES[name](size, torch_python)]
     return records

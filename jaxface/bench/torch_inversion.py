@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 # name -> (width multiplier, resolution, batch): the inversion bench's CONFIGS.
-CONFIGS = {"tiny": (0.25, 64, 8), "full64": (1.0, 64, 8), "full112": (1.0, 112, 4)}
+CONFIGS = {"tiny": (0.25, 64, 8), "full64": (1.0, 64, 8), "full112": (1.0, 112, 4), "smoke": (0.0625, 32, 8)}
 VGG16_TO_CONV5_3 = (64, 64, "P", 128, 128, "P", 256, 256, 256, "P", 512, 512, 512, "P", 512, 512, 512)
 JITTER, BLUR_EVERY, BLUR_SIGMA, TV_WEIGHT, LR = 4, 4, 0.5, 0.05, 0.05
 
