@@ -1,5 +1,5 @@
 """jaxface: facial attributes, attribute-conditioned face generation and deepfake detection in JAX."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="jaxface",
@@ -8,12 +8,15 @@ setup(
     python_requires=">=3.11",
     # The config files ship inside the package as jaxface/configs (config.config_path finds them there
     # when a path such as configs/detect/faces_wild.py is not found from the working directory).
-    packages=find_packages(include=["jaxface", "jaxface.*"]) + [
-        "jaxface.configs", "jaxface.configs.attributes", "jaxface.configs.detect", "jaxface.configs.generate"],
+    # Folders of data files (the web page, the shipped detector) are listed as packages too, so setuptools
+    # ships them without warning that it would ignore them.
+    packages=find_namespace_packages(include=["jaxface", "jaxface.*"], exclude=["*.__pycache__"]) + [
+        "jaxface.configs", "jaxface.configs.attributes", "jaxface.configs.detect", "jaxface.configs.generate",
+        "jaxface.configs.generate.sweeps"],
     package_dir={"jaxface.configs": "configs"},
     include_package_data=True,
-    package_data={"jaxface": ["serve/static/*", "assets/detectors/*/*", "kernels/*.cc"],
-                  "jaxface.configs.generate": ["sweeps/*.json"]},
+    package_data={"jaxface.serve.static": ["*"], "jaxface.assets.detectors.faces_wild": ["*"],
+                  "jaxface.kernels": ["*.cc"], "jaxface.configs.generate.sweeps": ["*.json"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
