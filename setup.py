@@ -1,22 +1,37 @@
 """jaxface: facial attributes, attribute-conditioned face generation and deepfake detection in JAX."""
+import pathlib
+
 from setuptools import find_namespace_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithConfigs(build_py):
+    """A built package (wheel, `pip install .`) carries the repository's configs/ as jaxface/configs, where
+    config.config_path finds them; an editable install reads them from the checkout itself."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        for src in sorted(pathlib.Path("configs").rglob("*")):
+            if src.is_file() and "__pycache__" not in src.parts:
+                dst = pathlib.Path(self.build_lib, "jaxface", src)
+                self.mkpath(str(dst.parent))
+                self.copy_file(str(src), str(dst))
+
 
 setup(
     name="jaxface",
     version="0.1.0",
     description="Facial attribute learning, cGMM face generation and deepfake detection in JAX/Flax NNX",
     python_requires=">=3.11",
-    # The config files ship inside the package as jaxface/configs (config.config_path finds them there
-    # when a path such as configs/detect/faces_wild.py is not found from the working directory).
     # Folders of data files (the web page, the shipped detector) are listed as packages too, so setuptools
     # ships them without warning that it would ignore them.
-    packages=find_namespace_packages(include=["jaxface", "jaxface.*"], exclude=["*.__pycache__"]) + [
-        "jaxface.configs", "jaxface.configs.attributes", "jaxface.configs.detect", "jaxface.configs.generate",
-        "jaxface.configs.generate.sweeps"],
-    package_dir={"jaxface.configs": "configs"},
+    packages=find_namespace_packages(include=["jaxface", "jaxface.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"jaxface.serve.static": ["*"], "jaxface.assets.detectors.faces_wild": ["*"],
-                  "jaxface.kernels": ["*.cc"], "jaxface.configs.generate.sweeps": ["*.json"]},
+                  "jaxface.kernels": ["*.cc"]},
+    cmdclass={"build_py": BuildWithConfigs},
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
