@@ -16,8 +16,7 @@ def _train(size: str, torch_python: str | None = None) -> list[dict]:
 
     if size == "smoke":
         case = train_bench.Case("smoke_vggface", 0.0625, 32, 8, torch=True)
-        train_bench.CASES.setdefault(case.name, case)
-        return train_bench.run((case.name,), steps=1, repeats=1, torch_python=torch_python)
+        return train_bench.run((case,), steps=1, repeats=1, torch_python=torch_python)
     names = train_bench.QUICK if size == "quick" else tuple(train_bench.CASES)
     return train_bench.run(names, steps=3 if size == "quick" else 5, torch_python=torch_python)
 

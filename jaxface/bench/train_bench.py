@@ -128,18 +128,19 @@ def torch_case(case: Case, overrides: dict | None = None) -> dict:
 
 def run(names=tuple(CASES), steps: int = 5, torch_python: str | None = None, repeats: int = 5,
         overrides: dict | None = None) -> list[dict]:
-    """Records of `names`; with `torch_python`, the PyTorch eager step of every case that has one,
-    measured right after in the same run (`torch_throughput`, `speedup_vs_torch`)."""
+    """Records of `names` (CASES keys or Case objects); with `torch_python`, the PyTorch eager step of
+    every case that has one, measured right after in the same run (`torch_throughput`, `speedup_vs_torch`)."""
     common.check_torch_python(torch_python)
-    unknown = [n for n in names if n not in CASES]
+    unknown = [n for n in names if not isinstance(n, Case) and n not in CASES]
     if unknown:
         raise common.BenchError(f"unknown train case(s) {', '.join(unknown)}; valid: {', '.join(CASES)}")
+    cases = [n if isinstance(n, Case) else CASES[n] for n in names]
     records = []
-    for name in names:
-        record = bench_case(CASES[name], steps=steps, overrides=overrides)
+    for case in cases:
+        record = bench_case(case, steps=steps, overrides=overrides)
         records.append(record)
-        print(f"  {name}: {record['images_per_s']:.4g} images/s", flush=True)  # progress; table below
-    with_torch = [CASES[n] for n in names if CASES[n].torch]
+        print(f"  {case.name}: {record['images_per_s']:.4g} images/s", flush=True)  # progress; table below
+    with_torch = [c for c in cases if c.torch]
     if torch_python is not None and with_torch:
         reference = common.run_torch_script(torch_python, "torch_train.py", {
             "steps": max(1, steps // 2), "repeats": repeats, "cases": [torch_case(c, overrides) for c in with_torch]})
