@@ -11,10 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
-import statistics
-import time
 
 import jax
 

@@ -76,15 +76,17 @@ def complete(record: dict) -> dict:
     return out
 
 
-def run_torch_script(torch_python: str, script: str, request: dict) -> list[dict]:
+def run_torch_script(torch_python: str, script: str, request: dict | None = None, args=()) -> list[dict]:
     """Records printed (as one JSON list on the last line) by `script` of this folder, run by
-    `torch_python` with `request` as JSON on stdin; BenchError naming the interpreter when it fails."""
+    `torch_python` with `args` and `request` as JSON on stdin; BenchError naming the interpreter when it
+    fails."""
     check_torch_python(torch_python)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
-    done = subprocess.run([torch_python, path], input=json.dumps(request), capture_output=True, text=True)
+    done = subprocess.run([torch_python, path, *args], input=json.dumps(request or {}), capture_output=True,
+                          text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"the PyTorch reference {script} failed under {torch_python} (does it have torch, "
+        raise BenchError(f"the PyTorch reference failed under {torch_python} ({script}: does it have torch, "
                          f"numpy and Pillow?): {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 

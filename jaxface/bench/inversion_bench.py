@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -363,16 +362,10 @@ def run(
 
 def torch_reference(torch_python: str, names: Sequence[str], steps: int, repeats: int) -> list[dict]:
     """Records of the PyTorch eager reference (torch_inversion.py, run by `torch_python`)."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_inversion.py")
-    done = subprocess.run(
-        [torch_python, script, f"--configs={','.join(names)}", f"--steps={steps}", f"--repeats={repeats}"],
-        capture_output=True, text=True,
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"the PyTorch reference failed under {torch_python} (does it have torch and "
-                         f"numpy?): {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from jaxface.bench.common import run_torch_script
+
+    return run_torch_script(torch_python, "torch_inversion.py",
+                            args=(f"--configs={','.join(names)}", f"--steps={steps}", f"--repeats={repeats}"))
 
 
 # ------------------------------------------------------------------------------------------ table
