@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-import statistics
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -74,18 +72,12 @@ def run(*, workdir=None, num_images: int = 256, batch: int = 64, repeats: int = 
     with tempfile.TemporaryDirectory(prefix="jaxface-bench-predict-") as tmp:
         folder = pathlib.Path(tmp)
         write_jpegs(folder, num_images)
-        start = time.perf_counter()
-        predict.predict_command(setup, [str(folder)], batch_size=batch, faces="off")  # warm-up: compiles
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = predict.predict_command(setup, [str(folder)], batch_size=batch, faces="off")
-            times.append(time.perf_counter() - start)
+        # The first pass compiles (a warm-up); the median is over the repeats after it.
+        first, median, result = common.timed(
+            lambda: predict.predict_command(setup, [str(folder)], batch_size=batch, faces="off"), repeats)
         failed = sum(r["error"] is not None for r in result["records"])
         if failed:
             raise common.BenchError(f"predict failed on {failed} of {num_images} benchmark images")
-        median = statistics.median(times)
         flops = _flops_per_image(setup, batch)
         record = {
             "suite": SUITE, "name": f"predict_{model.name}", "model": model.name,
