@@ -30,7 +30,8 @@ setup(
     packages=find_namespace_packages(include=["jaxface", "jaxface.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"jaxface.serve.static": ["*"], "jaxface.assets.detectors.faces_wild": ["*"],
-                  "jaxface.kernels": ["*.cc"]},
+                  "jaxface.kernels": ["*.cc"],
+                  "jaxface.report.templates": ["*.j2"]},
     cmdclass={"build_py": BuildWithConfigs},
     install_requires=[
         "jax>=0.7",
@@ -45,6 +46,7 @@ setup(
         "pillow>=10.0",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "jinja2>=3.1",  # the demo's report.html (jaxface/report)
         "tensorboardX>=2.6",
         "scipy>=1.11",
         "safetensors>=0.4",

@@ -205,7 +205,7 @@ def cmd_generate(argv):
 
 
 def cmd_bench(argv):
-    """Benchmark suites (train, inversion, cgmm, data, predict, serve, all): prints a table, writes JSON records."""
+    """Benchmark suites (train, inversion, cgmm, data, predict, serve, startup, all): prints a table, writes JSON records."""
     from jaxface import files
     from jaxface.bench import suites
 
@@ -272,10 +272,13 @@ def _flags_export_model():
 
 
 def cmd_demo(argv):
-    """The main job on the embedded synthetic faces: data preview, training, evaluation."""
+    """Everything on the embedded synthetic faces (train, generate, detect), ending in WORKDIR/report.html."""
     from jaxface import demo
 
-    demo.run(_workdir(), quick=FLAGS.quick)
+    size = "quick" if FLAGS.quick and FLAGS.size == "full" else FLAGS.size
+    if size not in demo.SIZES:
+        raise UsageError(f"--size must be one of {', '.join(demo.SIZES)}, got {FLAGS.size!r}")
+    demo.run(_workdir(), size=size)
 
 
 def cmd_serve(argv):
@@ -340,7 +343,7 @@ def _flags_generate():
 
 
 def _flags_bench():
-    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | predict | serve | all")
+    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | predict | serve | startup | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
     flags.DEFINE_boolean("quick", False, "Smaller cases (the same as --size=quick).")
     flags.DEFINE_enum("size", None, ["full", "quick", "smoke"], "Case sizes: full (default), quick, or smoke "
@@ -392,7 +395,9 @@ def _flags_serve():
 
 def _flags_demo():
     flags.DEFINE_string("workdir", "runs/demo", "Directory for the demo outputs.")
-    flags.DEFINE_boolean("quick", False, "A much shorter run (smoke test).")
+    flags.DEFINE_string("size", "full", "full: the README's figures (about 10 minutes on 2 cores); quick: a short "
+                        "run; smoke: tiny models, what the tests run.")
+    flags.DEFINE_boolean("quick", False, "Same as --size=quick.")
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {

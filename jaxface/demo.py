@@ -1,77 +1,274 @@
-"""`make demo`: the main jobs on the embedded synthetic faces, end to end, with the paths printed.
+"""`make demo`: the main jobs on the embedded synthetic faces, end to end, ending in one report.html.
 
-1. data preview; 2. attribute classifier (train + evaluate); 3. cGMM fit and face generation;
-4. deepfake detector on synthfaces vs the synthetic generators (train + evaluate).
+Stages (each prints one line saying what it does, then how long it took; WORKDIR/demo.json keeps them):
+1. data preview; 2. attribute classifier (train + evaluate); 3. cGMM and joint model fit;
+4. faces generated for single and three-attribute sets, both target modes, the first report's cGMM beside
+   the joint model, next to real faces with those attributes, plus one reconstruction; 5. the deepfake
+   detector trained on synthfaces vs the synthetic generators and the faces stage 4 generated (a generator
+   named demo_generated, split by file like the rest), evaluated with the robustness suite: how often it
+   catches held-out generated faces is its demo_generated row; 6. WORKDIR/report.html (jaxface.report).
+
+Sizes: "full" (the figures of the README, about 10 minutes on 2 cores), "quick" (a short run),
+"smoke" (tiny models, seconds of training: what the tests run).
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import pathlib
+import platform
 import time
+
+import numpy as np
 
 from jaxface import config as config_lib
 from jaxface import files
+from jaxface.report.html import duration
+
+SIZES = ("full", "quick", "smoke")
+DEMO_FILE = "demo.json"
+GENERATED_FAKES = "demo_generated"  # the detector's name for the faces this demo generated
+ATTRIBUTES_CONFIG = "configs/attributes/synthfaces_tiny.py"
+GENERATE_CONFIG = "configs/generate/synthfaces_tiny.py"
+DETECT_CONFIG = "configs/detect/synthfakes_mobilenet.py"
+
+SINGLE_SETS = ("Blond Hair", "Eyeglasses")
+TRIPLE_SETS = ("Male,Black Hair,Smiling", "Bald,Beard,Sunglasses")
+# The joint model (the best targets measured) and the first report's per-attribute cGMM (its eq. 3).
+MODELS = ("joint", "cgmm")
+MODES = ("mean", "sample")
+
+_FEW_STEPS = {"eval_every_steps": 0, "data.num_test": 256, "data.num_val": 128}
+OVERRIDES = {
+    # Everything within 12 minutes on 2 cores: the attribute config as it is (5 minutes), the detector for
+    # 1,200 of its config's 2,000 steps (test AUC 0.977 instead of 0.987) and no mid-run validation.
+    "full": {"attributes": {"eval_every_steps": 0}, "generate": {},
+             "detect": {"num_train_steps": 1200, "eval_every_steps": 0, "checkpoint_every_steps": 600,
+                        "evaluate.robustness_max_examples": 300},
+             "num_images": 6, "recon_steps": None},
+    "quick": {
+        "attributes": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024, **_FEW_STEPS},
+        "generate": {"invert.steps": 30, "generate.sgd_steps": 300},
+        "detect": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024,
+                   "evaluate.robustness_max_examples": 128, **_FEW_STEPS},
+        "num_images": 4, "recon_steps": 30,
+    },
+    "smoke": {
+        "attributes": {"model.width": 0.0625, "model.input_size": 32, "data.image_size": 32, "model.norm": "none",
+                       "data.num_train": 256, "data.num_val": 32, "data.num_test": 64, "batch_size": 16,
+                       "eval_batch_size": 32, "num_train_steps": 3, "eval_every_steps": 0,
+                       "checkpoint_every_steps": 3, "log_every_steps": 3, "optimizer.warmup_steps": 0},
+        "generate": {"generate.batch_size": 32, "generate.sgd_steps": 50, "generate.sgd_batch_size": 64,
+                     "generate.min_count": 30, "generate.layer": "conv5_3", "invert.steps": 3,
+                     "invert.loop": "python", "invert.max_batch": 8, "invert.jitter": 1},
+        # The closed-form spectrum detector: the same evaluation and report in seconds instead of minutes.
+        "detect": {"model.name": "spectrum", "model.input_size": 32, "data.image_size": 32, "data.num_train": 96,
+                   "data.num_val": 32, "data.num_test": 64, "batch_size": 16, "eval_batch_size": 32,
+                   "num_train_steps": 1, "data.augment.enabled": False, "evaluate.robustness_max_examples": 24,
+                   "evaluate.robustness_suite": {"gaussian_blur": [1.0], "jpeg": [50]}},
+        "num_images": 2, "recon_steps": 3,
+    },
+}
 
 
-def _banner(text: str) -> None:
-    print(f"\n=== {text} ===", flush=True)
+class DemoError(ValueError):
+    """A demo size that does not exist."""
 
 
-QUICK_ATTRIBUTES = {"num_train_steps": 30, "eval_every_steps": 0, "checkpoint_every_steps": 30,
-                    "data.num_train": 512, "data.num_test": 256, "data.num_val": 128}
-QUICK_DETECT = {"num_train_steps": 30, "eval_every_steps": 0, "checkpoint_every_steps": 30,
-                "data.num_train": 512, "data.num_test": 256, "data.num_val": 128}
-DEMO_SETS = ("Male,Black Hair,Smiling", "Blond Hair", "Eyeglasses")
+class _Stages:
+    """Prints one line as each stage starts and one as it ends, and keeps WORKDIR/demo.json current, so
+    a run stopped half-way still says what it finished."""
+
+    def __init__(self, workdir: pathlib.Path, record: dict, total: int):
+        self.workdir, self.record, self.total = workdir, record, total
+        self.record.setdefault("stages", [])
+
+    @contextlib.contextmanager
+    def stage(self, key: str, title: str, what: str):
+        number = len(self.record["stages"]) + 1
+        print(f"\n[{number}/{self.total}] {title}: {what}", flush=True)
+        start = time.perf_counter()
+        entry = {"key": key, "title": title, "what": what}
+        yield entry
+        entry["seconds"] = round(time.perf_counter() - start, 1)
+        self.record["stages"].append(entry)
+        self.save()
+        print(f"[{number}/{self.total}] {title}: done in {duration(entry['seconds'])}", flush=True)
+
+    def save(self) -> None:
+        files.write_json(self.workdir / DEMO_FILE, self.record)
 
 
-def run(workdir: pathlib.Path, quick: bool = False) -> dict:
-    from jaxface.cgmm import fit
-    from jaxface.data import report
-    from jaxface.evaluate import evaluators
+def versions() -> dict:
+    """What the run used: Python, the libraries, the devices and the convolution backend."""
+    import importlib.metadata as md
+
+    import jax
+
+    from jaxface.bench import common
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("jaxface", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain"):
+        try:
+            out[package] = md.version(package)
+        except md.PackageNotFoundError:
+            out[package] = "not installed"
+    env = common.environment()
+    out.update(cpu=env["cpu_model"], cores=env["cpu_count"], backend=env["backend"], devices=env["devices"],
+               convolution=env["convolution_backend"])
+    return out
+
+
+def _generate_sets(ctx, size: str, outputs: list, record: dict) -> list[dict]:
+    """Every (set, model, mode) in one loaded context, each set beside real faces with its attributes."""
+    import jax
+    from tqdm import tqdm
+
+    from jaxface.data import report as data_report
     from jaxface.generate import command as generate
+    from jaxface.generate.targets import resolve_set
+
+    num = OVERRIDES[size]["num_images"]
+    steps = OVERRIDES[size]["recon_steps"] if size != "full" else None
+    classifier_data = ctx.clf.setup.config.data
+    jobs = [(s, m, mode) for s in SINGLE_SETS + TRIPLE_SETS for m in MODELS for mode in MODES]
+    results = []
+    with jax.set_mesh(ctx.clf.setup.mesh):
+        bar = tqdm(jobs, desc="generate", unit="set", dynamic_ncols=True)
+        for attributes, model, mode in bar:
+            bar.set_postfix_str(f"{attributes} ({model}, {mode})")
+            result = generate.generate_set(ctx, attributes, num, mode, model, "invert", steps, 0, None, None, False)
+            names, indices = resolve_set(ctx.store, attributes)
+            real_path = result["directory"] / "real.png"
+            real, _ = data_report.real_faces_with(classifier_data, indices, num)
+            if len(real):
+                outputs.append(files.save_image(real_path, files.image_grid(real, cols=min(num, 8))))
+            outputs += [p for p in result["outputs"] if str(p).endswith(("grid.png", "summary.json"))]
+            tqdm.write(result["text"])
+            results.append(dict(attributes=names, model=model, mode=mode,
+                                directory=str(result["directory"].relative_to(ctx.workdir.parent)),
+                                real=bool(len(real)), summary=result["summary"]))
+    record["generated"] = results
+    return results
+
+
+def _reconstruct(ctx, size: str, outputs: list, record: dict) -> None:
+    """A held-out real face (the classifier's test split) inverted from its own activations."""
+    import jax
+
+    from jaxface.data import pipeline
+    from jaxface.generate import reconstruct as reconstruct_lib
+
+    test = pipeline.build_source(ctx.clf.setup.config.data, "test")
+    face = np.asarray(test[0]["image"], np.uint8)
+    input_path = files.save_image(ctx.workdir / "reconstruct_input.png", face)
+    with jax.set_mesh(ctx.clf.setup.mesh):
+        result = reconstruct_lib.reconstruct(ctx, str(input_path), 1, OVERRIDES[size]["recon_steps"], 0,
+                                             "reconstruction", False)
+    print(result["text"])
+    outputs += [p for p in result["outputs"] if str(p).endswith("reconstruction.png")]
+    record["reconstruction"] = dict(
+        directory=str(result["directory"].relative_to(ctx.workdir.parent)),
+        feature_error=result["records"][0]["feature_error"],
+        head_agreement=result["records"][0]["head_agreement"])
+
+
+def run(workdir, size: str = "full") -> dict:
+    """The whole demo into WORKDIR; -> dict(outputs, attributes, detection, report)."""
+    if size not in SIZES:
+        raise DemoError(f"unknown demo size {size!r}; valid sizes: {', '.join(SIZES)}")
+    from jaxface.cgmm import fit
+    from jaxface.data import report as data_report
+    from jaxface.evaluate import evaluators
+    from jaxface.generate import targets as targets_lib
+    from jaxface.report import html as report_html
     from jaxface.train import trainer
 
     workdir = files.as_path(workdir)
     t0 = time.perf_counter()
     outputs: list = []
+    sizes = OVERRIDES[size]
+    cfg = config_lib.load_config(ATTRIBUTES_CONFIG, sizes["attributes"] or None)
+    gen_cfg = config_lib.load_config(GENERATE_CONFIG, sizes["generate"] or None)
+    det_cfg = config_lib.load_config(DETECT_CONFIG, sizes["detect"] or None)
+    attr_dir, det_dir = workdir / "attributes", workdir / "detect"
+    record = {"size": size, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "versions": versions(),
+              "configs": {"attributes": ATTRIBUTES_CONFIG, "generate": GENERATE_CONFIG, "detect": DETECT_CONFIG},
+              "overrides": {k: sizes[k] for k in ("attributes", "generate", "detect")}}
+    stages = _Stages(workdir, record, total=6)
 
-    cfg = config_lib.load_config("configs/attributes/synthfaces_tiny.py", QUICK_ATTRIBUTES if quick else None)
-    attr_dir = workdir / "attributes"
-    _banner("1/4 data: synthetic faces (jaxface data)")
-    data = report.attribute_report(cfg, attr_dir)
-    print(data["text"])
-    outputs += data["outputs"]
+    with stages.stage("data", "data", "render the synthetic faces and preview them (jaxface data)"):
+        data = data_report.attribute_report(cfg, attr_dir)
+        outputs += data["outputs"]
 
-    _banner(f"2/4 attributes: VGG-Face width {cfg.model.width} at {cfg.model.input_size} px, "
-            f"{cfg.num_train_steps} steps (jaxface train, jaxface evaluate)")
-    files.write_text(attr_dir / "config.json", cfg.to_json_best_effort(indent=2))
-    trainer.train(cfg, attr_dir)
-    ev = evaluators.evaluate_split(trainer.load_for_inference(attr_dir, cfg), "test")
-    print(ev["text"])
-    outputs += ev["outputs"]
+    with stages.stage("attributes", "attribute classifier",
+                      f"train VGG-Face width {cfg.model.width} at {cfg.model.input_size} px for "
+                      f"{cfg.num_train_steps} steps, then evaluate it (jaxface train, jaxface evaluate)"):
+        files.write_text(attr_dir / "config.json", cfg.to_json_best_effort(indent=2))
+        trainer.train(cfg, attr_dir)
+        ev = evaluators.evaluate_split(trainer.load_for_inference(attr_dir, cfg), "test")
+        print(ev["text"])
+        outputs += ev["outputs"]
 
-    _banner("3/4 generation: cGMM fit and feature inversion (jaxface fit-cgmm, jaxface generate)")
-    gen_overrides = {"invert.steps": 20} if quick else None
-    gen_cfg = config_lib.load_config("configs/generate/synthfaces_tiny.py", gen_overrides)
-    fitted = fit.fit_cgmm_command(gen_cfg, attr_dir)
-    print(fitted["text"])
-    outputs += fitted["outputs"]
-    for attributes in DEMO_SETS:
-        result = generate.generate_command(attr_dir, attributes=attributes, num=4 if quick else 8,
-                                           model="joint", verbose=False)
-        print(result["text"])
-        outputs += [p for p in result["outputs"] if str(p).endswith(("grid.png", "results.json"))]
+    with stages.stage("cgmm", "cGMM and joint model",
+                      f"fit per-attribute Gaussians of {gen_cfg.generate.layer} and the joint model (jaxface fit-cgmm)"):
+        fitted = fit.fit_cgmm_command(gen_cfg, attr_dir)
+        print(fitted["text"])
+        outputs += fitted["outputs"]
 
-    _banner("4/4 deepfake detection: MobileNetV3 on synthfaces vs synthetic generators")
-    det_cfg = config_lib.load_config("configs/detect/synthfakes_mobilenet.py", QUICK_DETECT if quick else None)
-    det_dir = workdir / "detect"
-    files.write_text(det_dir / "config.json", det_cfg.to_json_best_effort(indent=2))
-    trainer.train(det_cfg, det_dir)
-    det = evaluators.evaluate_split(trainer.load_for_inference(det_dir, det_cfg), "test")
-    print(det["text"])
-    outputs += det["outputs"]
+    with stages.stage("generate", "generation",
+                      f"{len(SINGLE_SETS)} single and {len(TRIPLE_SETS)} three-attribute sets x {len(MODELS)} target "
+                      f"models x {len(MODES)} modes, {sizes['num_images']} faces each, and one reconstruction "
+                      "(jaxface generate)"):
+        ctx = targets_lib.load_context(attr_dir)
+        generated = _generate_sets(ctx, size, outputs, record)
+        _reconstruct(ctx, size, outputs, record)
+        del ctx
 
-    _banner(f"done in {time.perf_counter() - t0:.0f} s; results")
-    for p in outputs + [attr_dir / "checkpoints", det_dir / "checkpoints"]:
-        print(f"  {p}")
-    print(f"\nserve the detector and the generator: jaxface serve --workdir={det_dir} --generator_workdir={attr_dir}")
-    return {"outputs": outputs, "attributes": ev["metrics"], "detection": det["metrics"]}
+    fakes_dir = workdir / "detect" / GENERATED_FAKES
+    for g in generated:  # the generated faces, gathered as one folder of fakes (not the grids or real faces)
+        for image in sorted((workdir / g["directory"] / "images").glob("*.png")):
+            files.write_bytes(fakes_dir / f"{pathlib.PurePath(g['directory']).name}_{image.name}", image.read_bytes())
+    det_cfg.data.fake_folders = {GENERATED_FAKES: str(fakes_dir)}
+    with stages.stage("detect", "deepfake detector",
+                      f"train {det_cfg.model.name} at {det_cfg.model.input_size} px on synthfaces vs "
+                      f"{', '.join(det_cfg.data.generators)} and the faces generated above (generator "
+                      f"{GENERATED_FAKES})"
+                      + (" in closed form" if det_cfg.model.name == "spectrum" else f" for {det_cfg.num_train_steps} steps")
+                      + ", then evaluate it with the robustness suite (jaxface train, jaxface evaluate)"):
+        files.write_text(det_dir / "config.json", det_cfg.to_json_best_effort(indent=2))
+        if det_cfg.model.name == "spectrum":  # the closed-form baseline (seconds): what the tests run
+            from jaxface.train import spectrum_fit
+
+            spectrum_fit.fit_spectrum(det_cfg, det_dir)
+        else:
+            trainer.train(det_cfg, det_dir)
+        det = evaluators.evaluate_split(trainer.load_for_inference(det_dir, det_cfg), "test")
+        print(det["text"])
+        outputs += det["outputs"]
+        held_out = det["metrics"].get("per_generator", {}).get(GENERATED_FAKES)
+        if held_out:
+            record["generated_caught"] = dict(n=held_out["n"], rate=held_out["accuracy"],
+                                              fake=int(round(held_out["accuracy"] * held_out["n"])),
+                                              auc_vs_real=held_out.get("auc_vs_real"))
+            print(f"held-out generated faces called fake: {record['generated_caught']['fake']} of {held_out['n']}")
+
+    serve = f"jaxface serve --workdir={det_dir} --generator_workdir={attr_dir}"
+    record["serve_command"] = serve
+    with stages.stage("report", "report", "write one self-contained report.html"):
+        record["total_seconds"] = round(time.perf_counter() - t0, 1)
+        stages.save()
+        report_path = report_html.write_report(workdir)
+
+    record["total_seconds"] = round(time.perf_counter() - t0, 1)
+    stages.save()
+    print(f"\n=== done in {duration(record['total_seconds'])} ===")
+    print(f"  the report, one file with every figure (open it in a browser): {report_path}")
+    for what, path in (("data preview", attr_dir / "data"), ("classifier evaluation", attr_dir / "eval"),
+                       ("generated faces", attr_dir / "generate"), ("detector evaluation", det_dir / "eval"),
+                       ("checkpoints", f"{attr_dir / 'checkpoints'}, {det_dir / 'checkpoints'}"),
+                       ("stage times and versions", workdir / DEMO_FILE)):
+        print(f"  {what}: {path}")
+    print(f"  serve the detector and the generator: {serve}")
+    return {"outputs": outputs, "attributes": ev["metrics"], "detection": det["metrics"], "report": report_path}

@@ -38,7 +38,7 @@ def test_a_record_without_its_throughput_is_refused_and_torch_figures_become_a_s
 def test_unknown_size_suite_or_torch_interpreter_is_one_clear_error(tmp_path):
     with pytest.raises(common.BenchError, match="unknown benchmark size 'huge'; valid: full, quick, smoke"):
         suites.run("train", size="huge")
-    with pytest.raises(common.BenchError, match="valid: train, inversion, cgmm, data, predict, serve, all"):
+    with pytest.raises(common.BenchError, match="valid: train, inversion, cgmm, data, predict, serve, startup, all"):
         suites.run("speed")
     with pytest.raises(common.BenchError, match="is not an executable Python interpreter"):
         suites.run("train", size="smoke", torch_python=str(tmp_path / "python"))
@@ -55,3 +55,15 @@ def test_version_says_what_a_run_will_use(capsys, monkeypatch):
     assert lines[1].startswith("devices: 8 x cpu")  # tests/conftest.py: 8 simulated devices
     assert lines[2] == "convolution on CPU: xla (JAXFACE_CONV=xla)"
     assert lines[3].startswith("compilation cache: off")
+
+
+def test_the_startup_suite_times_cold_and_warm_commands_with_their_own_caches():
+    records = suites.run("startup", size="smoke")
+    assert [r["name"] for r in records] == ["generate_cold", "generate_warm", "serve_cold", "serve_warm"]
+    for r in records:
+        assert not set(common.RECORD_KEYS) - set(r)
+        assert r["suite"] == "startup" and r["seconds"] > 0 and r["step_ms"] == pytest.approx(r["seconds"] * 1e3, rel=1e-3)
+        assert r["cache_entries"] > 0  # the cold run filled its cache
+    for cold, warm in (records[0:2], records[2:4]):
+        assert warm["warm_speedup"] == pytest.approx(cold["seconds"] / warm["seconds"], rel=1e-2)
+        assert warm["new_cache_entries"] >= 0

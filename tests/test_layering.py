@@ -16,7 +16,7 @@ LAYERS = (
     ("evaluate", ("evaluate",)),
     ("statistics", ("cgmm",)),
     ("inversion", ("invert",)),
-    ("applications", ("generate", "serve", "bench", "experiments", "demo")),
+    ("applications", ("generate", "serve", "bench", "experiments", "report", "demo")),
     ("command line", ("cli", "__main__")),
 )
 LAYER_OF = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}

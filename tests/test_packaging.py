@@ -37,6 +37,7 @@ def test_the_wheel_ships_configs_web_page_kernel_source_and_detector_but_no_test
     static = {str(p.relative_to(REPO)) for p in (REPO / "jaxface/serve/static").iterdir()}
     assert static and static <= names
     assert "jaxface/kernels/onednn_conv.cc" in names
+    assert "jaxface/report/templates/report.html.j2" in names  # the demo report renders from an installed wheel
     shipped = {str(p.relative_to(REPO)) for p in (REPO / "jaxface/assets/detectors/faces_wild").iterdir()}
     assert {"jaxface/assets/detectors/faces_wild/model.safetensors"} <= shipped <= names
     assert not [n for n in names if n.startswith(("tests/", "runs/", "launch/"))]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-SUITE_NAMES = ("train", "inversion", "cgmm", "data", "predict", "serve")
+SUITE_NAMES = ("train", "inversion", "cgmm", "data", "predict", "serve", "startup")
 SIZES = ("full", "quick", "smoke")  # smoke: the smallest cases, seconds each (the test suite runs them)
 
 
@@ -80,9 +80,16 @@ def _serve(size: str, torch_python: str | None = None) -> list[dict]:
     return records
 
 
-# Each suite takes (size, torch_python); all but data and serve time a PyTorch eager reference with it.
+def _startup(size: str, torch_python: str | None = None) -> list[dict]:
+    from jaxface.bench import startup_bench
+
+    return startup_bench.run(size)
+
+
+# Each suite takes (size, torch_python); all but data, serve and startup time a PyTorch eager reference with it.
 SUITES: dict[str, Callable[..., list[dict]]] = {
     "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data, "predict": _predict, "serve": _serve,
+    "startup": _startup,
 }
 
 

@@ -170,6 +170,20 @@ def build_source(data_cfg, split: str):
             source = selfmade.WithSelfMadeFakes(source, self_made, unseen=unseen, seed=int(option(data_cfg, "seed", 0)))
         except selfmade.SelfMadeConfigError as err:
             raise DataConfigError(str(err)) from None
+    fake_folders = option(data_cfg, "fake_folders", None)
+    if fake_folders:
+        if name not in DETECTION_SOURCES:
+            raise DataConfigError(f"data.fake_folders adds fakes to a detection source ({', '.join(DETECTION_SOURCES)}), "
+                                  f"not to data.source={name!r}")
+        from jaxface.data import folder_fakes
+
+        folders = fake_folders.to_dict() if hasattr(fake_folders, "to_dict") else dict(fake_folders)
+        try:
+            source = folder_fakes.WithFolderFakes(
+                source, folders, split=split, seed=int(option(data_cfg, "seed", 0)),
+                fractions=tuple(option(data_cfg, "split_fractions", (0.8, 0.1, 0.1))))
+        except folder_fakes.FolderFakesError as err:
+            raise DataConfigError(str(err)) from None
     return source
 
 

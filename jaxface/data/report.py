@@ -151,3 +151,41 @@ def detection_report(config, workdir, num_preview: int = 16, augment=None) -> di
     lines = [_size_line(data_cfg.source, sizes, unreadable)]
     lines += [f"  train {name:16s} {c}" for name, c in counts.items()]
     return {"summary": summary, "text": "\n".join(lines), "outputs": outputs + [out_dir / "summary.json"]}
+
+
+def real_faces_with(data_cfg, attribute_indices, num: int, split: str = "test", max_scan: int = 20000):
+    """Up to `num` images of a split that carry every attribute in `attribute_indices` (labelled and
+    positive), in split order: what real faces with a requested attribute set look like, to show beside
+    generated ones. -> (uint8 images (n, S, S, 3), their indices). Rendered sources are filtered on their
+    labels before any image is rendered; a file source reads records until it has enough."""
+    source = pipeline.build_source(data_cfg, split)
+    wanted = np.asarray(list(attribute_indices), np.int64)
+    size = int(data_cfg.image_size)
+    decode = pipeline.DecodeAndResize(size)
+    n_scan = min(len(source), int(max_scan))
+    chosen: list[int] = []
+    rendered = hasattr(source, "sample_attributes")
+    if rendered:
+        for start in range(0, n_scan, 1024):
+            labels = source.sample_attributes(np.arange(start, min(start + 1024, n_scan)))
+            hits = np.flatnonzero((labels[:, wanted] > 0.5).all(axis=1)) + start
+            chosen += [int(i) for i in hits[: num - len(chosen)]]
+            if len(chosen) >= num:
+                break
+    images, indices = [], []
+    for i in chosen if rendered else range(n_scan):
+        if len(images) >= num:
+            break
+        rec = source[int(i)]
+        if not rendered:  # a file source: its labels come with the record
+            mask = np.asarray(rec.get("attribute_mask", np.ones_like(rec["attributes"])), bool)
+            if not ((np.asarray(rec["attributes"])[wanted] > 0.5) & mask[wanted]).all():
+                continue
+        rec = decode.map(dict(rec))
+        if rec.get("_bad"):
+            continue
+        images.append(np.asarray(rec["image"], np.uint8))
+        indices.append(int(i))
+    if not images:
+        return np.zeros((0, size, size, 3), np.uint8), []
+    return np.stack(images), indices

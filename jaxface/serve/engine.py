@@ -84,10 +84,12 @@ def describe_training_data(config) -> str:
     data = config.data
     size = int(data.image_size)
     source = str(data.get("source", ""))
+    folders = list(data.get("fake_folders") or {})
+    more = f" and image folders named {', '.join(folders)}" if folders else ""
     if source == "synthfakes":
         generators = ", ".join(data.get("generators", ()) or ())
         return (f"the embedded synthetic faces (real) against faces altered by the synthetic generators "
-                f"{generators} (fake), at {size}x{size} pixels")
+                f"{generators}{more} (fake), at {size}x{size} pixels")
     if source == "realfake":
         root = pathlib.Path(str(data.get("root") or "")).name or "a real/fake folder"
         return f"the real/fake face folder {root!r} (real photographs against generated faces), at {size}x{size} pixels"
