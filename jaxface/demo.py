@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import pathlib
 import platform
+import sys
 import time
 
 import numpy as np
@@ -134,7 +135,8 @@ def _generate_sets(ctx, size: str, outputs: list, record: dict) -> list[dict]:
     jobs = [(s, m, mode) for s in SINGLE_SETS + TRIPLE_SETS for m in MODELS for mode in MODES]
     results = []
     with jax.set_mesh(ctx.clf.setup.mesh):
-        bar = tqdm(jobs, desc="generate", unit="set", dynamic_ncols=True)
+        # A bar on a terminal; in a log, only the one line per set that tqdm.write prints.
+        bar = tqdm(jobs, desc="generate", unit="set", dynamic_ncols=True, disable=not sys.stderr.isatty())
         for attributes, model, mode in bar:
             bar.set_postfix_str(f"{attributes} ({model}, {mode})")
             result = generate.generate_set(ctx, attributes, num, mode, model, "invert", steps, 0, None, None, False)
