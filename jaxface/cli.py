@@ -196,7 +196,7 @@ def cmd_generate(argv):
             _workdir(), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
             model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
             reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
-            strength=FLAGS.strength, layers=FLAGS.layers)
+            strength=FLAGS.strength, layers=FLAGS.layers, judge_workdir=FLAGS.judge_workdir)
     except SweepInterrupted as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(130)
@@ -340,6 +340,8 @@ def _flags_generate():
     flags.DEFINE_string("name", None, "Output folder name under WORKDIR/generate/.")
     flags.DEFINE_float("strength", None, "Scale the target's departure from the mean activation "
                        "(1 = the model's own target; default from the config's targets.strength).")
+    flags.DEFINE_string("judge_workdir", None, "A second attribute classifier (configs/attributes/"
+                        "synthfaces_judge.py) that scores the set: judge hit rate, KID, diversity.")
 
 
 def _flags_bench():
@@ -395,7 +397,7 @@ def _flags_serve():
 
 def _flags_demo():
     flags.DEFINE_string("workdir", "runs/demo", "Directory for the demo outputs.")
-    flags.DEFINE_string("size", "full", "full: the README's figures (about 10 minutes on 2 cores); quick: a short "
+    flags.DEFINE_string("size", "full", "full: the README's figures (within 12 minutes on 2 cores); quick: a short "
                         "run; smoke: tiny models, what the tests run.")
     flags.DEFINE_boolean("quick", False, "Same as --size=quick.")
 

@@ -1,14 +1,20 @@
 """`make demo`: the main jobs on the embedded synthetic faces, end to end, ending in one report.html.
 
 Stages (each prints one line saying what it does, then how long it took; WORKDIR/demo.json keeps them):
-1. data preview; 2. attribute classifier (train + evaluate); 3. cGMM and joint model fit;
-4. faces generated for single and three-attribute sets, both target modes, the first report's cGMM beside
-   the joint model, next to real faces with those attributes, plus one reconstruction; 5. the deepfake
-   detector trained on synthfaces vs the synthetic generators and the faces stage 4 generated (a generator
-   named demo_generated, split by file like the rest), evaluated with the robustness suite: how often it
-   catches held-out generated faces is its demo_generated row; 6. WORKDIR/report.html (jaxface.report).
+1. data preview;
+2. the attribute classifier (VGG-Face), trained and evaluated;
+3. the judge: a second attribute classifier of another architecture and seed, which only scores
+   generated faces (no generation objective uses it);
+4. the cGMM and joint model fit;
+5. faces generated for single and three-attribute sets, both target modes, the first report's cGMM beside
+   the joint model, next to real faces with those attributes (judge hit rate, KID, diversity), plus one
+   reconstruction;
+6. the deepfake detector trained on synthfaces vs the synthetic generators and the faces stage 5 generated
+   (a generator named demo_generated, split by file like the rest), evaluated with the robustness suite:
+   its demo_generated row says how often held-out generated faces are caught;
+7. WORKDIR/report.html (jaxface.report).
 
-Sizes: "full" (the figures of the README, about 10 minutes on 2 cores), "quick" (a short run),
+Sizes: "full" (the figures of the README, within 12 minutes on 2 cores), "quick" (a short run),
 "smoke" (tiny models, seconds of training: what the tests run).
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ SIZES = ("full", "quick", "smoke")
 DEMO_FILE = "demo.json"
 GENERATED_FAKES = "demo_generated"  # the detector's name for the faces this demo generated
 ATTRIBUTES_CONFIG = "configs/attributes/synthfaces_tiny.py"
+JUDGE_CONFIG = "configs/attributes/synthfaces_judge.py"
 GENERATE_CONFIG = "configs/generate/synthfaces_tiny.py"
 DETECT_CONFIG = "configs/detect/synthfakes_mobilenet.py"
 
@@ -41,14 +48,15 @@ MODES = ("mean", "sample")
 
 _FEW_STEPS = {"eval_every_steps": 0, "data.num_test": 256, "data.num_val": 128}
 OVERRIDES = {
-    # Everything within 12 minutes on 2 cores: the attribute config as it is (5 minutes), the detector for
-    # 1,200 of its config's 2,000 steps (test AUC 0.977 instead of 0.987) and no mid-run validation.
-    "full": {"attributes": {"eval_every_steps": 0}, "generate": {},
-             "detect": {"num_train_steps": 1200, "eval_every_steps": 0, "checkpoint_every_steps": 600,
+    # Everything within 12 minutes on 2 cores: the attribute config as it is (5 minutes), the judge for 500
+    # steps, the detector for 800 of its config's 2,000 steps, and no mid-run validation.
+    "full": {"attributes": {"eval_every_steps": 0}, "judge": {"num_train_steps": 500}, "generate": {},
+             "detect": {"num_train_steps": 800, "eval_every_steps": 0, "checkpoint_every_steps": 400,
                         "evaluate.robustness_max_examples": 300},
              "num_images": 6, "recon_steps": None},
     "quick": {
         "attributes": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024, **_FEW_STEPS},
+        "judge": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024, **_FEW_STEPS},
         "generate": {"invert.steps": 30, "generate.sgd_steps": 300},
         "detect": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024,
                    "evaluate.robustness_max_examples": 128, **_FEW_STEPS},
@@ -59,6 +67,10 @@ OVERRIDES = {
                        "data.num_train": 256, "data.num_val": 32, "data.num_test": 64, "batch_size": 16,
                        "eval_batch_size": 32, "num_train_steps": 3, "eval_every_steps": 0,
                        "checkpoint_every_steps": 3, "log_every_steps": 3, "optimizer.warmup_steps": 0},
+        "judge": {"model.width": 0.125, "model.input_size": 32, "data.image_size": 32, "data.num_train": 256,
+                  "data.num_val": 32, "data.num_test": 64, "batch_size": 16, "eval_batch_size": 32,
+                  "num_train_steps": 3, "checkpoint_every_steps": 3, "log_every_steps": 3,
+                  "optimizer.warmup_steps": 0},
         "generate": {"generate.batch_size": 32, "generate.sgd_steps": 50, "generate.sgd_batch_size": 64,
                      "generate.min_count": 30, "generate.layer": "conv5_3", "invert.steps": 3,
                      "invert.loop": "python", "invert.max_batch": 8, "invert.jitter": 1},
@@ -120,7 +132,7 @@ def versions() -> dict:
     return out
 
 
-def _generate_sets(ctx, size: str, outputs: list, record: dict) -> list[dict]:
+def _generate_sets(ctx, size: str, outputs: list, record: dict, judge=None) -> list[dict]:
     """Every (set, model, mode) in one loaded context, each set beside real faces with its attributes."""
     import jax
     from tqdm import tqdm
@@ -139,7 +151,8 @@ def _generate_sets(ctx, size: str, outputs: list, record: dict) -> list[dict]:
         bar = tqdm(jobs, desc="generate", unit="set", dynamic_ncols=True, disable=not sys.stderr.isatty())
         for attributes, model, mode in bar:
             bar.set_postfix_str(f"{attributes} ({model}, {mode})")
-            result = generate.generate_set(ctx, attributes, num, mode, model, "invert", steps, 0, None, None, False)
+            result = generate.generate_set(ctx, attributes, num, mode, model, "invert", steps, 0, None, None, False,
+                                           judge)
             names, indices = resolve_set(ctx.store, attributes)
             real_path = result["directory"] / "real.png"
             real, _ = data_report.real_faces_with(classifier_data, indices, num)
@@ -182,6 +195,7 @@ def run(workdir, size: str = "full") -> dict:
     from jaxface.cgmm import fit
     from jaxface.data import report as data_report
     from jaxface.evaluate import evaluators
+    from jaxface.generate import judge as judge_lib
     from jaxface.generate import targets as targets_lib
     from jaxface.report import html as report_html
     from jaxface.train import trainer
@@ -191,14 +205,16 @@ def run(workdir, size: str = "full") -> dict:
     outputs: list = []
     sizes = OVERRIDES[size]
     cfg = config_lib.load_config(ATTRIBUTES_CONFIG, sizes["attributes"] or None)
+    judge_cfg = config_lib.load_config(JUDGE_CONFIG, sizes["judge"] or None)
     gen_cfg = config_lib.load_config(GENERATE_CONFIG, sizes["generate"] or None)
     det_cfg = config_lib.load_config(DETECT_CONFIG, sizes["detect"] or None)
-    attr_dir, det_dir = workdir / "attributes", workdir / "detect"
+    attr_dir, judge_dir, det_dir = workdir / "attributes", workdir / "judge", workdir / "detect"
     record = {"size": size, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "versions": versions(),
-              "configs": {"attributes": ATTRIBUTES_CONFIG, "generate": GENERATE_CONFIG, "detect": DETECT_CONFIG},
-              "overrides": {k: sizes[k] for k in ("attributes", "generate", "detect")}}
-    stages = _Stages(workdir, record, total=6)
+              "configs": {"attributes": ATTRIBUTES_CONFIG, "judge": JUDGE_CONFIG, "generate": GENERATE_CONFIG,
+                          "detect": DETECT_CONFIG},
+              "overrides": {k: sizes[k] for k in ("attributes", "judge", "generate", "detect")}}
+    stages = _Stages(workdir, record, total=7)
 
     with stages.stage("data", "data", "render the synthetic faces and preview them (jaxface data)"):
         data = data_report.attribute_report(cfg, attr_dir)
@@ -213,6 +229,16 @@ def run(workdir, size: str = "full") -> dict:
         print(ev["text"])
         outputs += ev["outputs"]
 
+    with stages.stage("judge", "judge",
+                      f"train a second attribute classifier, {judge_cfg.model.name} width {judge_cfg.model.width}, seed "
+                      f"{judge_cfg.seed}, for {judge_cfg.num_train_steps} steps: it scores the generated faces and "
+                      "no generation objective uses it (jaxface train, jaxface evaluate)"):
+        files.write_text(judge_dir / "config.json", judge_cfg.to_json_best_effort(indent=2))
+        trainer.train(judge_cfg, judge_dir)
+        judged = evaluators.evaluate_split(trainer.load_for_inference(judge_dir, judge_cfg), "test")
+        print(f"judge: mean per-attribute test accuracy {judged['metrics']['mean_accuracy']:.3f}")
+        record["judge"] = {"mean_accuracy": judged["metrics"]["mean_accuracy"], "model": judge_cfg.model.name}
+
     with stages.stage("cgmm", "cGMM and joint model",
                       f"fit per-attribute Gaussians of {gen_cfg.generate.layer} and the joint model (jaxface fit-cgmm)"):
         fitted = fit.fit_cgmm_command(gen_cfg, attr_dir)
@@ -224,7 +250,8 @@ def run(workdir, size: str = "full") -> dict:
                       f"models x {len(MODES)} modes, {sizes['num_images']} faces each, and one reconstruction "
                       "(jaxface generate)"):
         ctx = targets_lib.load_context(attr_dir)
-        generated = _generate_sets(ctx, size, outputs, record)
+        judge = judge_lib.load_judge(judge_dir, ctx.store.schema)
+        generated = _generate_sets(ctx, size, outputs, record, judge)
         _reconstruct(ctx, size, outputs, record)
         del ctx
 

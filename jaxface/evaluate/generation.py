@@ -116,3 +116,49 @@ def heads_from_layer(model, layer: str, activations):
         elif name == "heads":
             h = model.heads(h)
     return h
+
+
+def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _kid_from_kernels(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+    m, n = kxx.shape[0], kyy.shape[0]
+    xx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+    yy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    return float(xx + yy - 2.0 * kxy.mean())
+
+
+def kid(features_a, features_b) -> tuple[float, float]:
+    """Kernel Inception Distance (Binkowski et al. 2018) between two feature sets (N, D) and (M, D):
+    the unbiased squared MMD with the cubic polynomial kernel (x.y / D + 1)^3, and its standard error by
+    the jackknife (each image of either set left out once). 0 in expectation for one distribution; it can
+    come out slightly negative. NaN for fewer than two images on a side (three for the error)."""
+    x, y = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    m, n = len(x), len(y)
+    if m < 2 or n < 2:
+        return float("nan"), float("nan")
+    kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+    value = _kid_from_kernels(kxx, kyy, kxy)
+    if m < 3 or n < 3:
+        return value, float("nan")
+    leave_out = []
+    for i in range(m):
+        keep = np.arange(m) != i
+        leave_out.append(_kid_from_kernels(kxx[np.ix_(keep, keep)], kyy, kxy[keep]))
+    for j in range(n):
+        keep = np.arange(n) != j
+        leave_out.append(_kid_from_kernels(kxx, kyy[np.ix_(keep, keep)], kxy[:, keep]))
+    values = np.asarray(leave_out)
+    k = len(values)
+    return value, float(np.sqrt((k - 1) / k * np.sum((values - values.mean()) ** 2)))
+
+
+def feature_diversity(features) -> float:
+    """Mean pairwise Euclidean distance between feature vectors (N, D); NaN for fewer than two."""
+    f = np.asarray(features, np.float64)
+    if len(f) < 2:
+        return float("nan")
+    sq = np.sum(f * f, axis=1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0.0))
+    return float(d[np.triu_indices(len(f), k=1)].mean())

@@ -41,7 +41,8 @@ from jaxface.generate.targets import (
 )
 
 
-def generate_set(ctx: Context, attributes, num, mode, model, method, steps, seed, name, strength, verbose) -> dict:
+def generate_set(ctx: Context, attributes, num, mode, model, method, steps, seed, name, strength, verbose,
+                 judge=None) -> dict:
     check_choice("mode", mode, targets_lib.MODES)
     check_choice("model", model, targets_lib.MODELS)
     check_choice("method", method, METHODS)
@@ -63,6 +64,10 @@ def generate_set(ctx: Context, attributes, num, mode, model, method, steps, seed
     outputs = write_images(directory, rendered["images"], cols=min(len(items), 8))
     summary = dict(attributes=names, method=method, model=model, mode=mode, strength=strength, seeds=seeds,
                    **metrics.summarize_set(records, rendered["images"]))
+    if judge is not None:  # a second classifier that no objective used (generate/judge.py)
+        from jaxface.generate import judge as judge_lib
+
+        summary.update(judge_lib.judge_set(judge, rendered["images"], indices), judge_workdir=str(judge.workdir))
     outputs.append(files.write_json(directory / "results.json", records))
     outputs.append(files.write_json(directory / "summary.json", summary))
     text = set_line(summary, f"{', '.join(names)} ({method}" + (f", {model}, {mode})" if method == "invert" else ")"))
@@ -86,6 +91,7 @@ def generate_command(
     strength: float | None = None,
     layers: str | Sequence[str] | None = None,
     verbose: bool = True,
+    judge_workdir: str | None = None,
 ) -> dict:
     """`jaxface generate`: returns {'text', 'outputs', 'records', 'directory', ...}.
 
@@ -93,6 +99,8 @@ def generate_command(
     steps overrides the configured number of optimisation steps; strength (default: the config's
     targets.strength) scales the target's departure from the mean activation (see `amplify`).
     layers (reconstruct only): the taps whose true activations are inverted (default: the fitted layer).
+    judge_workdir (an attribute set only): a second attribute classifier whose hit rate, KID and diversity
+    the summary adds (generate/judge.py).
     """
     chosen = [k for k, v in (("attributes", attributes), ("reconstruct", reconstruct), ("sweep", sweep))
               if v is not None]
@@ -104,6 +112,8 @@ def generate_command(
         raise GenerateError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if name is not None:
         check_name(name)
+    if judge_workdir and attributes is None:
+        raise GenerateError("--judge_workdir applies to --attributes (one generated set)")
     if layers is not None and reconstruct is None:
         raise GenerateError("--layers applies to --reconstruct only (generation uses the fitted layer)")
     ctx = load_context(workdir)
@@ -112,4 +122,9 @@ def generate_command(
             return reconstruct_lib.reconstruct(ctx, reconstruct, num, steps, seed, name, verbose, layers)
         if sweep is not None:
             return run_sweep(ctx, sweep, seed, steps, name, verbose)
-        return generate_set(ctx, attributes, num, mode, model, method, steps, seed, name, strength, verbose)
+        judge = None
+        if judge_workdir:
+            from jaxface.generate import judge as judge_lib
+
+            judge = judge_lib.load_judge(judge_workdir, ctx.store.schema)
+        return generate_set(ctx, attributes, num, mode, model, method, steps, seed, name, strength, verbose, judge)

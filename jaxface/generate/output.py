@@ -37,4 +37,9 @@ def set_line(summary: dict, label: str) -> str:
     div = summary["diversity"]
     return (f"{label}: hit rate {summary['mean_hit_rate']:.3f} (all detected {summary['all_detected_rate']:.2f}), "
             f"feature error {'n/a' if err is None else format(err, '.3f')}, "
-            f"diversity {'n/a' if not math.isfinite(div) else format(div, '.4f')}")
+            f"diversity {'n/a' if not math.isfinite(div) else format(div, '.4f')}"
+            + ("" if summary.get("judge_hit_rate") is None else
+               f"; judge: hit rate {summary['judge_hit_rate']:.3f}, KID "
+               + ("n/a (no real faces with these attributes)" if summary.get("kid") is None else
+                  f"{summary['kid']:.4f} +- {summary['kid_se']:.4f} (real vs real {summary['kid_floor']:.4f})"
+                  if summary.get("kid_floor") is not None else f"{summary['kid']:.4f}")))

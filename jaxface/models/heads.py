@@ -150,3 +150,22 @@ def head_accuracy(head_logits: Sequence[jax.Array], head_targets: jax.Array):
     labelled = counts > 0
     mean = jnp.sum(jnp.where(labelled, per_head, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
     return mean, per_head, counts
+
+
+class GroupedLogits(nnx.Module):
+    """A backbone whose one output layer holds every head's classes, its logits split into one array per
+    head: any detector backbone as an attribute classifier (a second, independent one: the judge)."""
+
+    def __init__(self, backbone: nnx.Module, head_sizes: Sequence[int]):
+        self.backbone = backbone
+        self.head_sizes = tuple(int(h) for h in head_sizes)
+        self.input_size = getattr(backbone, "input_size", None)
+
+    def __call__(self, x, *, train: bool = False) -> list:
+        logits = self.backbone(x, train=train)
+        bounds = [sum(self.head_sizes[: i + 1]) for i in range(len(self.head_sizes) - 1)]
+        return list(jnp.split(logits, bounds, axis=-1))
+
+    def features(self, x, *, train: bool = False):
+        """The penultimate features (the backbone's pooled vector): what KID compares."""
+        return self.backbone.features(x, train=train)

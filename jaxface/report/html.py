@@ -107,7 +107,8 @@ def _generation_section(workdir: pathlib.Path, demo: dict) -> dict | None:
     for g in generated:
         directory = workdir / g["directory"]
         key = ", ".join(g["attributes"])
-        entry = sets.setdefault(key, {"attributes": key, "size": len(g["attributes"]), "real": None, "runs": []})
+        entry = sets.setdefault(key, {"attributes": key, "size": len(g["attributes"]), "real": None, "runs": [],
+                                      "real_judge_diversity": None})
         if g.get("real") and entry["real"] is None:
             entry["real"] = data_uri(directory / "real.png")
         summary = g.get("summary") or _json(directory / "summary.json") or {}
@@ -115,14 +116,19 @@ def _generation_section(workdir: pathlib.Path, demo: dict) -> dict | None:
                               "hit_rate": summary.get("mean_hit_rate"),
                               "all_detected": summary.get("all_detected_rate"),
                               "diversity": summary.get("diversity"),
-                              "judge_hit_rate": summary.get("judge_hit_rate"), "kid": summary.get("kid")})
+                              "judge_hit_rate": summary.get("judge_hit_rate"), "kid": summary.get("kid"),
+                              "kid_se": summary.get("kid_se"), "kid_floor": summary.get("kid_floor"),
+                              "judge_diversity": summary.get("judge_diversity")})
+        if summary.get("real_judge_diversity") is not None:
+            entry["real_judge_diversity"] = summary["real_judge_diversity"]
     recon = demo.get("reconstruction")
     reconstruction = None
     if recon:
         reconstruction = dict(recon, image=data_uri(workdir / recon["directory"] / "reconstruction.png"))
     return {"sets": list(sets.values()), "reconstruction": reconstruction,
             "mean_image": data_uri(workdir / "attributes" / "cgmm" / "mean_image.png"),
-            "judged": any(r["judge_hit_rate"] is not None for s in sets.values() for r in s["runs"])}
+            "judged": any(r["judge_hit_rate"] is not None for s in sets.values() for r in s["runs"]),
+            "judge": demo.get("judge")}
 
 
 def _robustness_rows(metrics: dict) -> list[dict]:

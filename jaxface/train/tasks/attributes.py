@@ -1,11 +1,11 @@
-"""The attributes task: VGG-Face with one softmax head per attribute group."""
+"""The attributes task: VGG-Face (or any backbone of the registry) with one softmax head per attribute group."""
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
 from jaxface.data import pipeline
-from jaxface.models import heads, vggface
+from jaxface.models import heads, registry, vggface
 from jaxface.train.tasks.base import Task, TaskConfigError
 
 
@@ -18,13 +18,21 @@ class AttributesTask(Task):
     def __init__(self, config):
         self.config = config
         self.schema = pipeline.schema_for(config.data)
-        if config.model.get("name", "vggface") != "vggface":
+        self.model_name = str(config.model.get("name", "vggface"))
+        if self.model_name != "vggface" and self.model_name not in registry.DETECTORS:
             raise TaskConfigError(
-                f"the attributes task uses model.name='vggface', not {config.model.name!r}"
-            )
+                f"the attributes task has no model {self.model_name!r}; valid: vggface (the network the "
+                f"generator inverts) or a backbone (for a second, independent classifier: a judge): "
+                f"{', '.join(registry.DETECTORS)}")
 
     def build_model(self, rngs):
         m = self.config.model
+        if self.model_name != "vggface":  # a backbone with all heads' logits in one layer, then split
+            backbone = registry.build_detector(
+                self.model_name, input_size=int(m.input_size), num_outputs=sum(self.schema.head_sizes),
+                width=float(m.get("width", 1.0)), depth=float(m.get("depth", 1.0)),
+                dropout=float(m.get("dropout", 0.0)), rngs=rngs)
+            return heads.GroupedLogits(backbone, self.schema.head_sizes)
         return vggface.VGGFace(
             head_sizes=self.schema.head_sizes, width=float(m.width), input_size=int(m.input_size),
             dropout=float(m.get("dropout", 0.5)), preprocess=m.get("preprocess", "vggface"),
