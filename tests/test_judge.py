@@ -35,5 +35,35 @@ def test_feature_diversity_is_the_mean_pairwise_distance():
 
 
 def test_a_judge_applies_to_an_attribute_set_only(tmp_path):
-    with pytest.raises(GenerateError, match="--judge_workdir applies to --attributes"):
+    with pytest.raises(GenerateError, match="--judge_workdir applies to --attributes and --sweep, not to --reconstruct"):
         command.generate_command(tmp_path, reconstruct="face.png", judge_workdir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_judge_reports_its_figures_per_set(cgmm_workdir, tmp_path):
+    import csv
+    import json
+
+    from jaxface import config as config_lib
+    from jaxface.train import trainer
+
+    judge_dir = tmp_path / "judge"
+    cfg = config_lib.load_config("configs/attributes/synthfaces_judge.py", {
+        "model.width": 0.125, "model.input_size": 32, "data.image_size": 32, "data.num_train": 128,
+        "data.num_val": 16, "data.num_test": 200, "batch_size": 16, "num_train_steps": 2,
+        "checkpoint_every_steps": 2, "optimizer.warmup_steps": 0})
+    judge_dir.mkdir()
+    (judge_dir / "config.json").write_text(cfg.to_json())
+    trainer.train(cfg, judge_dir)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([{"attributes": ["Male"], "num": 3}, {"attributes": ["Eyeglasses"], "num": 3}]))
+    result = command.generate_command(cgmm_workdir[0], sweep=str(sweep), judge_workdir=str(judge_dir),
+                                      name="judged_sweep", verbose=False)
+    assert len(result["summary"]) == 2
+    for summary in result["summary"]:
+        assert 0 <= summary["judge_hit_rate"] <= 1 and summary["judge_diversity"] > 0
+        assert summary["num_real"] >= 2 and np.isfinite(summary["kid"]) and np.isfinite(summary["kid_se"])
+    rows = list(csv.DictReader((result["directory"] / "summary.csv").open()))
+    assert [float(r["judge_hit_rate"]) for r in rows] == pytest.approx([s["judge_hit_rate"] for s in result["summary"]],
+                                                                       abs=1e-5)
+    assert "judge: hit rate" in result["text"]

@@ -99,7 +99,7 @@ def generate_command(
     steps overrides the configured number of optimisation steps; strength (default: the config's
     targets.strength) scales the target's departure from the mean activation (see `amplify`).
     layers (reconstruct only): the taps whose true activations are inverted (default: the fitted layer).
-    judge_workdir (an attribute set only): a second attribute classifier whose hit rate, KID and diversity
+    judge_workdir (an attribute set or a sweep): a second attribute classifier whose hit rate, KID and diversity
     the summary adds (generate/judge.py).
     """
     chosen = [k for k, v in (("attributes", attributes), ("reconstruct", reconstruct), ("sweep", sweep))
@@ -112,19 +112,19 @@ def generate_command(
         raise GenerateError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if name is not None:
         check_name(name)
-    if judge_workdir and attributes is None:
-        raise GenerateError("--judge_workdir applies to --attributes (one generated set)")
+    if judge_workdir and reconstruct is not None:
+        raise GenerateError("--judge_workdir applies to --attributes and --sweep, not to --reconstruct")
     if layers is not None and reconstruct is None:
         raise GenerateError("--layers applies to --reconstruct only (generation uses the fitted layer)")
     ctx = load_context(workdir)
     with jax.set_mesh(ctx.clf.setup.mesh):
         if reconstruct is not None:
             return reconstruct_lib.reconstruct(ctx, reconstruct, num, steps, seed, name, verbose, layers)
-        if sweep is not None:
-            return run_sweep(ctx, sweep, seed, steps, name, verbose)
         judge = None
         if judge_workdir:
             from jaxface.generate import judge as judge_lib
 
             judge = judge_lib.load_judge(judge_workdir, ctx.store.schema)
+        if sweep is not None:
+            return run_sweep(ctx, sweep, seed, steps, name, verbose, judge)
         return generate_set(ctx, attributes, num, mode, model, method, steps, seed, name, strength, verbose, judge)

@@ -133,7 +133,7 @@ def _load_partial(directory, key: str):
         return None
 
 
-def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
+def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None) -> dict:
     items, sets = read_sweep(ctx, sweep_path, seed, steps)
     directory = ctx.workdir / GENERATE_DIR / check_name(name or f"sweep_{slug(pathlib.Path(str(sweep_path)).stem)}")
     partial = directory / PARTIAL_DIR
@@ -184,6 +184,10 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
                        model=info["model"], mode=info["mode"], strength=info["strength"], seeds=info["seeds"],
                        **metrics.summarize_set([records[r] for r in rows], set_images),
                        settings=info["settings"])
+        if judge is not None:  # a second classifier that no objective used (generate/judge.py)
+            from jaxface.generate import judge as judge_lib
+
+            summary.update(judge_lib.judge_set(judge, set_images, items[rows[0]].indices))
         summaries.append(summary)
         lines.append(set_line(summary, info["label"]))
     outputs.append(files.write_json(directory / "results.json", records))
@@ -201,11 +205,17 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose) -> dict:
 def _summary_csv(summaries: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
+    judged = any("judge_hit_rate" in s for s in summaries)
+    judge_columns = ["judge_hit_rate", "kid", "kid_se", "kid_floor", "judge_diversity", "real_judge_diversity"]
     writer.writerow(["label", "attributes", "method", "model", "mode", "num_images", "mean_hit_rate",
-                     "all_detected_rate", "mean_feature_error", "diversity"])
+                     "all_detected_rate", "mean_feature_error", "diversity"] + (judge_columns if judged else []))
+
+    def figure(value, digits=5):
+        return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
     for s in summaries:
         writer.writerow([s["label"], "; ".join(s["attributes"]), s["method"], s["model"], s["mode"],
                          s["num_images"], f"{s['mean_hit_rate']:.4f}", f"{s['all_detected_rate']:.4f}",
                          "" if s["mean_feature_error"] is None else f"{s['mean_feature_error']:.4f}",
-                         "" if not math.isfinite(s["diversity"]) else f"{s['diversity']:.5f}"])
+                         figure(s["diversity"])] + ([figure(s.get(c)) for c in judge_columns] if judged else []))
     return buf.getvalue()
