@@ -53,14 +53,14 @@ OVERRIDES = {
     "full": {"attributes": {"eval_every_steps": 0}, "judge": {"num_train_steps": 500}, "generate": {},
              "detect": {"num_train_steps": 800, "eval_every_steps": 0, "checkpoint_every_steps": 400,
                         "evaluate.robustness_max_examples": 300},
-             "num_images": 6, "recon_steps": None},
+             "num_images": 6},
     "quick": {
         "attributes": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024, **_FEW_STEPS},
         "judge": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024, **_FEW_STEPS},
         "generate": {"invert.steps": 30, "generate.sgd_steps": 300},
         "detect": {"num_train_steps": 60, "checkpoint_every_steps": 60, "data.num_train": 1024,
                    "evaluate.robustness_max_examples": 128, **_FEW_STEPS},
-        "num_images": 4, "recon_steps": 30,
+        "num_images": 4,
     },
     "smoke": {
         "attributes": {"model.width": 0.0625, "model.input_size": 32, "data.image_size": 32, "model.norm": "none",
@@ -79,7 +79,7 @@ OVERRIDES = {
                    "data.num_val": 32, "data.num_test": 64, "batch_size": 16, "eval_batch_size": 32,
                    "num_train_steps": 1, "data.augment.enabled": False, "evaluate.robustness_max_examples": 24,
                    "evaluate.robustness_suite": {"gaussian_blur": [1.0], "jpeg": [50]}},
-        "num_images": 2, "recon_steps": 3,
+        "num_images": 2,
     },
 }
 
@@ -142,32 +142,34 @@ def _generate_sets(ctx, size: str, outputs: list, record: dict, judge=None) -> l
     from jaxface.generate.targets import resolve_set
 
     num = OVERRIDES[size]["num_images"]
-    steps = OVERRIDES[size]["recon_steps"] if size != "full" else None
     classifier_data = ctx.clf.setup.config.data
     jobs = [(s, m, mode) for s in SINGLE_SETS + TRIPLE_SETS for m in MODELS for mode in MODES]
-    results = []
+    results, real_grids = [], {}
     with jax.set_mesh(ctx.clf.setup.mesh):
         # A bar on a terminal; in a log, only the one line per set that tqdm.write prints.
         bar = tqdm(jobs, desc="generate", unit="set", dynamic_ncols=True, disable=not sys.stderr.isatty())
         for attributes, model, mode in bar:
             bar.set_postfix_str(f"{attributes} ({model}, {mode})")
-            result = generate.generate_set(ctx, attributes, num, mode, model, "invert", steps, 0, None, None, False,
+            # Inversion steps come from the fitted config (the size's generate overrides).
+            result = generate.generate_set(ctx, attributes, num, mode, model, "invert", None, 0, None, None, False,
                                            judge)
             names, indices = resolve_set(ctx.store, attributes)
-            real_path = result["directory"] / "real.png"
-            real, _ = data_report.real_faces_with(classifier_data, indices, num)
-            if len(real):
-                outputs.append(files.save_image(real_path, files.image_grid(real, cols=min(num, 8))))
+            if attributes not in real_grids:  # one set's real faces, beside each of its target models and modes
+                real, _ = data_report.real_faces_with(classifier_data, indices, num)
+                real_grids[attributes] = files.image_grid(real, cols=min(num, 8)) if len(real) else None
+            real = real_grids[attributes]
+            if real is not None:
+                outputs.append(files.save_image(result["directory"] / "real.png", real))
             outputs += [p for p in result["outputs"] if str(p).endswith(("grid.png", "summary.json"))]
             tqdm.write(result["text"])
             results.append(dict(attributes=names, model=model, mode=mode,
                                 directory=str(result["directory"].relative_to(ctx.workdir.parent)),
-                                real=bool(len(real)), summary=result["summary"]))
+                                real=real is not None, summary=result["summary"]))
     record["generated"] = results
     return results
 
 
-def _reconstruct(ctx, size: str, outputs: list, record: dict) -> None:
+def _reconstruct(ctx, outputs: list, record: dict) -> None:
     """A held-out real face (the classifier's test split) inverted from its own activations."""
     import jax
 
@@ -178,8 +180,7 @@ def _reconstruct(ctx, size: str, outputs: list, record: dict) -> None:
     face = np.asarray(test[0]["image"], np.uint8)
     input_path = files.save_image(ctx.workdir / "reconstruct_input.png", face)
     with jax.set_mesh(ctx.clf.setup.mesh):
-        result = reconstruct_lib.reconstruct(ctx, str(input_path), 1, OVERRIDES[size]["recon_steps"], 0,
-                                             "reconstruction", False)
+        result = reconstruct_lib.reconstruct(ctx, str(input_path), 1, None, 0, "reconstruction", False)
     print(result["text"])
     outputs += [p for p in result["outputs"] if str(p).endswith("reconstruction.png")]
     record["reconstruction"] = dict(
@@ -188,17 +189,31 @@ def _reconstruct(ctx, size: str, outputs: list, record: dict) -> None:
         head_agreement=result["records"][0]["head_agreement"])
 
 
+def _train_and_evaluate(cfg, directory) -> tuple:
+    """`jaxface train` then `jaxface evaluate` on the test split; -> (the loaded model's setup, evaluation)."""
+    from jaxface.evaluate import evaluators
+    from jaxface.train import trainer
+
+    files.write_text(directory / "config.json", cfg.to_json_best_effort(indent=2))
+    if cfg.model.name == "spectrum":  # the closed-form detector baseline (seconds): what the tests run
+        from jaxface.train import spectrum_fit
+
+        spectrum_fit.fit_spectrum(cfg, directory)
+    else:
+        trainer.train(cfg, directory)
+    setup = trainer.load_for_inference(directory, cfg)
+    return setup, evaluators.evaluate_split(setup, "test")
+
+
 def run(workdir, size: str = "full") -> dict:
     """The whole demo into WORKDIR; -> dict(outputs, attributes, detection, report)."""
     if size not in SIZES:
         raise DemoError(f"unknown demo size {size!r}; valid sizes: {', '.join(SIZES)}")
     from jaxface.cgmm import fit
     from jaxface.data import report as data_report
-    from jaxface.evaluate import evaluators
     from jaxface.generate import judge as judge_lib
     from jaxface.generate import targets as targets_lib
     from jaxface.report import html as report_html
-    from jaxface.train import trainer
 
     workdir = files.as_path(workdir)
     t0 = time.perf_counter()
@@ -223,9 +238,7 @@ def run(workdir, size: str = "full") -> dict:
     with stages.stage("attributes", "attribute classifier",
                       f"train VGG-Face width {cfg.model.width} at {cfg.model.input_size} px for "
                       f"{cfg.num_train_steps} steps, then evaluate it (jaxface train, jaxface evaluate)"):
-        files.write_text(attr_dir / "config.json", cfg.to_json_best_effort(indent=2))
-        trainer.train(cfg, attr_dir)
-        ev = evaluators.evaluate_split(trainer.load_for_inference(attr_dir, cfg), "test")
+        _, ev = _train_and_evaluate(cfg, attr_dir)
         print(ev["text"])
         outputs += ev["outputs"]
 
@@ -233,9 +246,7 @@ def run(workdir, size: str = "full") -> dict:
                       f"train a second attribute classifier, {judge_cfg.model.name} width {judge_cfg.model.width}, seed "
                       f"{judge_cfg.seed}, for {judge_cfg.num_train_steps} steps: it scores the generated faces and "
                       "no generation objective uses it (jaxface train, jaxface evaluate)"):
-        files.write_text(judge_dir / "config.json", judge_cfg.to_json_best_effort(indent=2))
-        trainer.train(judge_cfg, judge_dir)
-        judged = evaluators.evaluate_split(trainer.load_for_inference(judge_dir, judge_cfg), "test")
+        judge_setup, judged = _train_and_evaluate(judge_cfg, judge_dir)
         print(f"judge: mean per-attribute test accuracy {judged['metrics']['mean_accuracy']:.3f}")
         record["judge"] = {"mean_accuracy": judged["metrics"]["mean_accuracy"], "model": judge_cfg.model.name}
 
@@ -250,9 +261,9 @@ def run(workdir, size: str = "full") -> dict:
                       f"models x {len(MODES)} modes, {sizes['num_images']} faces each, and one reconstruction "
                       "(jaxface generate)"):
         ctx = targets_lib.load_context(attr_dir)
-        judge = judge_lib.load_judge(judge_dir, ctx.store.schema)
+        judge = judge_lib.judge_from_setup(judge_setup, ctx.store.schema)
         generated = _generate_sets(ctx, size, outputs, record, judge)
-        _reconstruct(ctx, size, outputs, record)
+        _reconstruct(ctx, outputs, record)
         del ctx
 
     fakes_dir = workdir / "detect" / GENERATED_FAKES
@@ -266,14 +277,7 @@ def run(workdir, size: str = "full") -> dict:
                       f"{GENERATED_FAKES})"
                       + (" in closed form" if det_cfg.model.name == "spectrum" else f" for {det_cfg.num_train_steps} steps")
                       + ", then evaluate it with the robustness suite (jaxface train, jaxface evaluate)"):
-        files.write_text(det_dir / "config.json", det_cfg.to_json_best_effort(indent=2))
-        if det_cfg.model.name == "spectrum":  # the closed-form baseline (seconds): what the tests run
-            from jaxface.train import spectrum_fit
-
-            spectrum_fit.fit_spectrum(det_cfg, det_dir)
-        else:
-            trainer.train(det_cfg, det_dir)
-        det = evaluators.evaluate_split(trainer.load_for_inference(det_dir, det_cfg), "test")
+        _, det = _train_and_evaluate(det_cfg, det_dir)
         print(det["text"])
         outputs += det["outputs"]
         held_out = det["metrics"].get("per_generator", {}).get(GENERATED_FAKES)

@@ -35,6 +35,9 @@ class Judge:
     workdir: pathlib.Path
     setup: Any
     run: Any  # jitted (model, images) -> (head logits, features)
+    # The judge's features of the real faces of an attribute set, by (attribute indices, count): every
+    # target model and mode of one set is compared with the same real faces, rendered and judged once.
+    real_features: dict = dataclasses.field(default_factory=dict)
 
     @property
     def schema(self):
@@ -54,6 +57,12 @@ def load_judge(workdir, schema=None) -> Judge:
         setup = trainer.load_for_inference(workdir)
     except checkpoint.CheckpointError as err:
         raise GenerateError(f"--judge_workdir: {err}") from None
+    return judge_from_setup(setup, schema)
+
+
+def judge_from_setup(setup, schema=None) -> Judge:
+    """The judge of an already loaded attribute classifier (trainer.load_for_inference)."""
+    workdir = files.as_path(setup.workdir)
     if setup.task.name != "attributes":
         raise GenerateError(f"--judge_workdir={workdir} holds a {setup.task.name!r} model, not an attribute "
                             "classifier (train one with configs/attributes/synthfaces_judge.py)")
@@ -96,9 +105,12 @@ def judge_set(judge: Judge, images, requested: Sequence[int], num_real: int = NU
     out = {"judge_hit_rate": float(rates.mean()), "judge_all_detected": float(np.mean(rates == 1.0)),
            "judge_diversity": metrics.feature_diversity(features), "kid": None, "kid_se": None,
            "kid_floor": None, "real_judge_diversity": None, "num_real": 0}
-    real, _ = data_report.real_faces_with(judge.setup.config.data, requested, num_real + len(images))
-    if len(real) >= 4:
-        _, real_features = judge_images(judge, real)
+    key = (tuple(int(i) for i in requested), num_real + len(images))
+    if key not in judge.real_features:
+        real, _ = data_report.real_faces_with(judge.setup.config.data, requested, key[1])
+        judge.real_features[key] = judge_images(judge, real)[1] if len(real) >= 4 else None
+    real_features = judge.real_features[key]
+    if real_features is not None:
         held, rest = real_features[:len(images)], real_features[len(images):]
         reference = rest if len(rest) >= 2 else real_features
         out["kid"], out["kid_se"] = metrics.kid(features, reference)

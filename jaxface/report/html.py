@@ -57,11 +57,6 @@ def _json(path) -> Any:
         return None
 
 
-def _text(path) -> str | None:
-    path = files.as_path(path)
-    return path.read_text() if path.is_file() else None
-
-
 def number(value, digits: int = 3) -> str:
     """A figure for the page: 'n/a' for a missing or NaN value."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
