@@ -205,7 +205,7 @@ def cmd_generate(argv):
 
 
 def cmd_bench(argv):
-    """Benchmark suites (train, inversion, cgmm, data, predict, serve, startup, all): prints a table, writes JSON records."""
+    """Benchmark suites (train, inversion, cgmm, data, predict, serve, startup, scaling, all): prints a table, writes JSON records."""
     from jaxface import files
     from jaxface.bench import suites
 
@@ -223,6 +223,7 @@ def cmd_predict(argv):
     """Detect deepfakes in image files or folders with the detector trained in WORKDIR (JSON lines)."""
     import json
 
+    from jaxface import parallel
     from jaxface.evaluate import predict
     from jaxface.train import trainer
 
@@ -240,14 +241,16 @@ def cmd_predict(argv):
     setup = trainer.load_for_inference(workdir)
     result = predict.predict_command(setup, paths, output_csv=FLAGS.output, batch_size=FLAGS.batch_size,
                                      faces=FLAGS.faces)
+    main = parallel.is_main_process()  # every process holds every record; process 0 reports them
     for record in result["records"]:
         print(json.dumps(record))
-    for p in result["outputs"]:
+    for p in result["outputs"] if main else ():
         print(f"wrote {p}", file=sys.stderr)
     failed = sum(r["error"] is not None for r in result["records"])
     if failed:
-        print(f"{failed} of {len(result['records'])} inputs could not be classified (exit status "
-              f"{PREDICT_INCOMPLETE})", file=sys.stderr)
+        if main:
+            print(f"{failed} of {len(result['records'])} inputs could not be classified (exit status "
+                  f"{PREDICT_INCOMPLETE})", file=sys.stderr)
         sys.exit(PREDICT_INCOMPLETE)
 
 
@@ -345,7 +348,7 @@ def _flags_generate():
 
 
 def _flags_bench():
-    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | predict | serve | startup | all")
+    flags.DEFINE_string("suite", "all", "train | inversion | cgmm | data | predict | serve | startup | scaling | all")
     flags.DEFINE_string("out", None, "JSON file for the records (default bench.json).")
     flags.DEFINE_boolean("quick", False, "Smaller cases (the same as --size=quick).")
     flags.DEFINE_enum("size", None, ["full", "quick", "smoke"], "Case sizes: full (default), quick, or smoke "
@@ -586,6 +589,9 @@ def run(argv: list[str] | None = None):
 
             # Before anything touches a device: a multi-process launch must initialise first.
             parallel.maybe_initialize_distributed(FLAGS["config"].value if "config" in FLAGS else None)
+            if parallel.distributed_started() and not parallel.is_main_process():
+                # Process 0 reports for the run; errors still reach stderr.
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
             fn(rest)
         except KeyboardInterrupt as interrupt:  # a command without its own Ctrl-C handling
             from jaxface import files

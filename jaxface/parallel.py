@@ -6,7 +6,7 @@ serves one laptop core, 8 simulated CPU devices in tests, and a TPU pod slice.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -185,6 +185,53 @@ def make_mesh(data: int = -1, model: int = 1, num_devices: int = -1) -> jax.shar
     return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS), devices=devices)
 
 
+def local_mesh() -> jax.sharding.Mesh:
+    """A ('data', 'model') mesh over this process's own devices: for work that each process does on its
+    own share (a generation sweep's items, predict's files) and gathers afterwards, never in lockstep."""
+    devices = jax.local_devices()
+    return jax.make_mesh((len(devices), 1), (DATA_AXIS, MODEL_AXIS), devices=devices)
+
+
+def own_share_mesh() -> jax.sharding.Mesh | None:
+    """The mesh for a model that scores or renders this process's share alone: local_mesh() in a
+    multi-process run, None (the config's own mesh) in one process."""
+    return local_mesh() if jax.process_count() > 1 else None
+
+
+def localize(tree, mesh: jax.sharding.Mesh):
+    """A model state replicated over every process's devices -> the same values replicated over MESH
+    (this process's devices), read from this process's own copy: no communication."""
+    def move(x):
+        if not isinstance(x, jax.Array) or not any(d.process_index != jax.process_index() for d in x.sharding.device_set):
+            return x
+        if not x.sharding.is_fully_replicated:
+            raise ValueError("a model state split over several processes' devices (mesh.model > 1 or "
+                             "shard_large_params) cannot be used by one process alone")
+        return jax.device_put(x.addressable_data(0), NamedSharding(mesh, P()))
+
+    return jax.tree.map(move, tree)
+
+
+def process_share(items: Sequence) -> list:
+    """This process's share of a list that every process holds in the same order: items p, p+P, ..."""
+    return list(items[jax.process_index()::jax.process_count()])
+
+
+def gather_objects(obj: Any) -> list:
+    """Every process's `obj` (anything picklable), in process order, in every process; [obj] alone.
+    Two all-gathers: the pickled sizes, then the bytes padded to the largest."""
+    if jax.process_count() == 1:
+        return [obj]
+    import pickle
+
+    data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [pickle.loads(rows[i, : int(n)].tobytes()) for i, n in enumerate(sizes)]
+
+
 def mesh_from_config(config: Any) -> jax.sharding.Mesh:
     mesh_cfg = getattr(config, "mesh", None)
     data = int(getattr(mesh_cfg, "data", -1)) if mesh_cfg is not None else -1
@@ -223,6 +270,18 @@ def host_to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
     }
+
+
+def distributed_started() -> bool:
+    """Whether this is a multi-process run (jax.distributed initialised); asks no device."""
+    return jax.distributed.is_initialized()
+
+
+def barrier(name: str) -> None:
+    """Every process waits here for the others (no-op in one process): after process 0 wrote files that
+    the others read next (a fitted model, a calibration), so that none reads ahead of the write."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def is_main_process() -> bool:

@@ -38,7 +38,7 @@ def test_a_record_without_its_throughput_is_refused_and_torch_figures_become_a_s
 def test_unknown_size_suite_or_torch_interpreter_is_one_clear_error(tmp_path):
     with pytest.raises(common.BenchError, match="unknown benchmark size 'huge'; valid: full, quick, smoke"):
         suites.run("train", size="huge")
-    with pytest.raises(common.BenchError, match="valid: train, inversion, cgmm, data, predict, serve, startup, all"):
+    with pytest.raises(common.BenchError, match="valid: train, inversion, cgmm, data, predict, serve, startup, scaling, all"):
         suites.run("speed")
     with pytest.raises(common.BenchError, match="is not an executable Python interpreter"):
         suites.run("train", size="smoke", torch_python=str(tmp_path / "python"))
@@ -67,3 +67,17 @@ def test_the_startup_suite_times_cold_and_warm_commands_with_their_own_caches():
     for cold, warm in (records[0:2], records[2:4]):
         assert warm["warm_speedup"] == pytest.approx(cold["seconds"] / warm["seconds"], rel=1e-2)
         assert warm["new_cache_entries"] >= 0
+
+
+def test_the_scaling_suite_runs_one_and_two_processes_on_loopback():
+    records = suites.run("scaling", size="smoke")
+    assert [r["name"] for r in records] == ["train_step_p1", "inversion_sweep_p1", "train_step_p2",
+                                            "inversion_sweep_p2"]
+    for r in records:
+        assert not set(common.RECORD_KEYS) - set(r)
+        assert r["suite"] == "scaling" and r["throughput"] > 0 and r["step_ms"] > 0
+        assert r["images_per_s_per_process"] == pytest.approx(r["throughput"] / r["processes"], rel=1e-2)
+    one, two = records[0], records[2]
+    assert two["batch"] == 2 * one["batch"]  # weak scaling: the same share per process
+    assert one["allreduce_share"] == 0.0 and two["allreduce_ms"] > 0 and two["allreduce_share"] > 0
+    assert records[3]["batch"] == 2 * records[1]["batch"]

@@ -158,7 +158,9 @@ def test_an_interrupted_sweep_keeps_its_images_and_a_rerun_renders_only_the_rest
     assert reference["calls"] == 3 and reference["reused"] == 0
     assert not (reference["directory"] / sweep_lib.PARTIAL_DIR).exists()  # removed once the outputs exist
 
-    real_render, calls = sweep_lib.render_items, []
+    from jaxface.generate import rendering
+
+    real_render, calls = rendering.render_items, []
 
     def ctrl_c_on_the_second_batch(*args, **kwargs):
         calls.append(1)
@@ -166,13 +168,13 @@ def test_an_interrupted_sweep_keeps_its_images_and_a_rerun_renders_only_the_rest
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_lib, "render_items", ctrl_c_on_the_second_batch)
+    monkeypatch.setattr(rendering, "render_items", ctrl_c_on_the_second_batch)
     with pytest.raises(sweep_lib.SweepInterrupted, match=r"1 of 3 image\(s\) are kept in .*partial; run the same"):
         gen.generate_command(workdir, sweep=str(path), name="cut", verbose=False)
     directory = reference["directory"].parent / "cut"
     assert len(list((directory / sweep_lib.PARTIAL_DIR).glob("*.npz"))) == 1
     assert not (directory / "results.json").exists()
-    monkeypatch.setattr(sweep_lib, "render_items", real_render)
+    monkeypatch.setattr(rendering, "render_items", real_render)
     # A changed sweep (other steps) reuses nothing; the same sweep renders only the two missing images.
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps([dict(entries[0], steps=2)]))

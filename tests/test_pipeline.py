@@ -194,7 +194,7 @@ def test_rendered_splits_are_cached_once_and_read_back_unchanged():
     assert pipeline.split_cache_bytes(faces, 16) == 100 * 16 * 16 * 3
     def cached_by(source, **spec):
         loader = pipeline.make_loader(source, pipeline.LoaderSpec(batch_size=8, image_size=16, **spec))
-        return isinstance(loader._data_source, pipeline.RenderCache)
+        return isinstance(loader.records, pipeline.RenderCache)
 
     assert cached_by(faces, cache_mb=0.1)  # 75 KiB of images
     assert not cached_by(faces, cache_mb=0.1, worker_count=2)  # a copy per worker process: 150 KiB
@@ -210,3 +210,65 @@ def test_rendered_splits_are_cached_once_and_read_back_unchanged():
     assert spec("realfake").cache_mb == 0  # files are not cached: the OS page cache does that
     with pytest.raises(pipeline.DataConfigError, match="data.cache_mb must be 0"):
         spec("synthfaces", cache_mb=-1)
+
+
+def _process_batches(source, spec, process: int, count: int, num: int, start: int = 0) -> list[dict]:
+    """The host batches process `process` of `count` reads (grain's own loader, as Loader builds it)."""
+    import grain
+
+    sampler = pipeline.GlobalBatchSampler(len(source), spec.batch_size, train=spec.train, seed=spec.seed,
+                                          start_batch=start, process_index=process, process_count=count,
+                                          workers=spec.worker_count)
+    loader = grain.DataLoader(
+        data_source=source if spec.train else pipeline.PaddedSource(source), sampler=sampler,
+        operations=[pipeline.DecodeAndResize(spec.image_size), pipeline.DropBad(), pipeline.StripFlags(),
+                    grain.transforms.Batch(spec.batch_size // count, drop_remainder=spec.train)],
+        worker_count=spec.worker_count, shard_options=grain.sharding.ShardOptions(process, count))
+    it = iter(loader)
+    return [next(it) for _ in range(num)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_global_batches_are_the_same_for_1_2_and_4_processes(workers):
+    """Process p of P reads slice p of every global batch: the concatenated slices are the one-process
+    batches, epoch after epoch, with grain's worker processes too; and a start position continues."""
+    from absl import flags
+
+    from jaxface.data.synthfaces import SynthFaces
+
+    if workers and not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags
+        flags.FLAGS.mark_as_parsed()
+    faces = SynthFaces(40, resolution=16, seed=2)
+    spec = pipeline.LoaderSpec(batch_size=8, image_size=16, seed=5, train=True, worker_count=workers)
+    one = [b["index"] for b in _process_batches(faces, spec, 0, 1, 7)]  # 40 records: crosses epoch 1
+    assert sorted(np.concatenate(one[:5])) == list(range(40))
+    for count in (2, 4) if workers == 0 else (2,):
+        parts = [_process_batches(faces, spec, p, count, 7) for p in range(count)]
+        for k in range(7):
+            np.testing.assert_array_equal(np.concatenate([parts[p][k]["index"] for p in range(count)]), one[k])
+    later = [b["index"] for b in _process_batches(faces, spec, 0, 1, 3, start=4)]
+    for a, b in zip(later, one[4:]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_process_reads_the_same_number_of_evaluation_batches(tmp_path):
+    """21 records in batches of 8 over 2 processes: 3 global batches, the last one padded, every record
+    once. When unreadable files cost a process whole batches, ShardedBatches still yields the pass's 3
+    batches (padding only at the end), so no process waits in a collective for a batch never sent."""
+    source = PathSource(_write_images(tmp_path, 21))
+    spec = pipeline.LoaderSpec(batch_size=8, image_size=8, train=False)
+    parts = [_process_batches(source, spec, p, 2, 3) for p in range(2)]
+    for p in range(2):
+        with pytest.raises(StopIteration):  # nothing beyond the 3 global batches
+            _process_batches(source, spec, p, 2, 4)
+    assert [list(b["index"]) for b in parts[0]] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]]
+    assert [list(b["valid"]) for b in parts[1]][-1] == [True, False, False, False]  # 20, then padding
+    seen = [i for part in parts for b in part for i, v in zip(b["index"], b["valid"]) if v]
+    assert sorted(seen) == list(range(21))
+
+    (tmp_path / "b").mkdir()
+    broken = PathSource(_write_images(tmp_path / "b", 21, bad=set(range(8, 16))))
+    batches = list(pipeline.ShardedBatches(pipeline.make_loader(broken, spec), parallel.make_mesh(), 8))
+    assert len(batches) == 3
+    valid = [np.asarray(b["valid"]) for b in batches]
+    assert [int(v.sum()) for v in valid] == [8, 5, 0]

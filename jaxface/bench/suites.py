@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-SUITE_NAMES = ("train", "inversion", "cgmm", "data", "predict", "serve", "startup")
+SUITE_NAMES = ("train", "inversion", "cgmm", "data", "predict", "serve", "startup", "scaling")
 SIZES = ("full", "quick", "smoke")  # smoke: the smallest cases, seconds each (the test suite runs them)
 
 
@@ -86,10 +86,16 @@ def _startup(size: str, torch_python: str | None = None) -> list[dict]:
     return startup_bench.run(size)
 
 
-# Each suite takes (size, torch_python); all but data, serve and startup time a PyTorch eager reference with it.
+def _scaling(size: str, torch_python: str | None = None) -> list[dict]:
+    from jaxface.bench import scaling_bench
+
+    return scaling_bench.run(size)
+
+
+# Each suite takes (size, torch_python); all but data, serve, startup and scaling time a PyTorch eager reference with it.
 SUITES: dict[str, Callable[..., list[dict]]] = {
     "train": _train, "inversion": _inversion, "cgmm": _cgmm, "data": _data, "predict": _predict, "serve": _serve,
-    "startup": _startup,
+    "startup": _startup, "scaling": _scaling,
 }
 
 

@@ -60,19 +60,20 @@ def classifier_workdir(config, workdir) -> pathlib.Path:
 _SETUPS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 
 
-def load_classifier(path: pathlib.Path):
-    """trainer.Setup of the latest checkpoint in `path`; a clear error when there is none.
+def load_classifier(path: pathlib.Path, *, local: bool = False):
+    """trainer.Setup of the latest checkpoint in `path`; a clear error when there is none. local: on this
+    process's devices only (parallel.local_mesh), for work that each process does on its own share.
 
     The last two are cached per (directory, checkpoint step): building and restoring the model costs
     seconds, and the jitted functions built on a cached model are reused by later calls.
     """
     path = files.as_path(path)
     path = path.absolute() if files.is_local(path) else path
-    key = (str(path), checkpoint_step(path))
+    key = (str(path), checkpoint_step(path), bool(local))
     if key[1] is not None and key in _SETUPS:
         _SETUPS.move_to_end(key)
         return _SETUPS[key]
-    setup = _load_classifier(path)
+    setup = _load_classifier(path, local)
     if key[1] is not None:
         _SETUPS[key] = setup
         while len(_SETUPS) > 2:
@@ -80,7 +81,7 @@ def load_classifier(path: pathlib.Path):
     return setup
 
 
-def _load_classifier(path: pathlib.Path):
+def _load_classifier(path: pathlib.Path, local: bool = False):
     from jaxface.train import checkpoint, trainer
 
     if not (path / "config.json").is_file():
@@ -90,7 +91,7 @@ def _load_classifier(path: pathlib.Path):
             "--config.generate.classifier_workdir"
         )
     try:
-        setup = trainer.load_for_inference(path)
+        setup = trainer.load_for_inference(path, mesh=parallel.local_mesh() if local else None)
     except checkpoint.CheckpointError as e:
         raise FitConfigError(f"cannot load the classifier in {path}: {e}") from None
     if getattr(setup.task, "schema", None) is None or not hasattr(setup.model, "activations"):
@@ -341,7 +342,7 @@ def fit_cgmm(config, workdir) -> dict:
                 # padding rows have no attributes, so |C_i| = 0 drops them from (3)
                 part = weights_lib.prepare_weight_data(
                     mu, b["acts"], b["attributes"], b["attribute_mask"], stats["included"])
-                parts.append(jax.tree.map(np.asarray, part))
+                parts.append(jax.tree.map(_host_rows, part))  # every process's rows
                 if with_joint:
                     sq, n = _joint_sq_error(
                         jnp.asarray(joint.coef), jnp.asarray(joint.bias), b["acts"],
@@ -474,6 +475,7 @@ def fit_cgmm_command(config, workdir) -> dict:
         outputs.append(files.write_text(directory / CONFIG_FILE, config.to_json_best_effort(indent=2)))
         outputs.append(files.save_image(directory / MEAN_IMAGE_FILE, result["mean_image"]))
         outputs.append(files.write_text(directory / SUMMARY_FILE, text + "\n"))
+    parallel.barrier("fit-cgmm written")  # the other processes may read the fitted model next
     return dict(text=text, outputs=outputs, store=result["store"])
 
 

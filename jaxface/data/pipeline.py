@@ -1,14 +1,23 @@
 """The one input pipeline: source -> grain (shuffle, decode, resize, augment, batch) -> sharded jax.Arrays.
 
 Records flow through grain as dicts of numpy values. Images stay uint8 on the host (a quarter of the
-bytes to move) and become float32 NHWC in [0, 1] on the devices. Each process reads its own shard of
-every epoch; the iterator state (a small JSON blob) is checkpointed with the model, so a resumed run sees
-exactly the batches the interrupted one would have seen next.
+bytes to move) and become float32 NHWC in [0, 1] on the devices.
+
+Global batches do not depend on how many processes read them (GlobalBatchSampler): global batch k holds
+the records at positions k*B .. k*B+B-1 of one seeded order of the whole split, and process p of P reads
+its contiguous slice p*B/P .. (p+1)*B/P-1 of it. So 2 processes x 4 devices train on exactly the batches
+that 1 process x 8 devices does, and the data position is one number, the count of global batches
+consumed, which a checkpoint written by any number of processes restores in any other.
+Evaluation passes are padded to whole global batches (rows with `valid` False) and every process yields
+the same number of batches, so no process waits in a collective for a batch its peer never sends.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -261,6 +270,8 @@ class DecodeAndResize(grain.transforms.Map):
             self._check_skip_rate()  # reads finish in any order across reader threads
         h, w = image.shape[:2]
         out = {k: np.asarray(record[k]) for k in _ARRAY_FIELDS if k in record and k != "image"}
+        if "_pad" in record:  # an evaluation pass (PaddedSource): padding rows are not counted
+            out["valid"] = np.bool_(not record["_pad"])
         if self.crop == "patches":
             # Native resolution: resizing would smear the traces a generator's upsampling leaves.
             out.pop("landmarks", None)
@@ -444,34 +455,120 @@ class LoaderSpec:
     patch_grid: int = DEFAULT_PATCH_GRID  # evaluation patches per side in 'patches' mode
 
 
-def make_loader(source, spec: LoaderSpec) -> grain.DataLoader:
-    """A grain DataLoader that yields this process's share of each global batch."""
-    if len(source) == 0:
-        raise DataConfigError("the dataset is empty: no records to read")
-    per_process = spec.batch_size // jax.process_count()
-    shard = grain.sharding.ShardByJaxProcess(drop_remainder=spec.train)
-    sampler = grain.samplers.IndexSampler(
-        len(source), shard_options=shard, shuffle=spec.train,
-        num_epochs=None if spec.train else 1, seed=spec.seed,
-    )
-    # Each grain worker process holds a cache of its own: the budget covers all of them.
-    copies = max(1, spec.worker_count)
-    if (spec.cache_mb > 0 and hasattr(source, "_getitems")
-            and split_cache_bytes(source, spec.image_size) * copies <= spec.cache_mb * 2**20):
-        source = RenderCache(source)
-    decode = DecodeAndResize(spec.image_size, spec.strict, max_skip_fraction=spec.max_skip_fraction,
-                             min_reads=min(SKIP_CHECK_READS, len(source)), what=spec.what,
-                             crop=spec.crop, patch_grid=spec.patch_grid, train=spec.train)
-    ops: list = [decode, DropBad(), StripFlags()]
-    if spec.train and spec.crop == "patches":
-        ops.append(RandomPatch(spec.image_size))
-    if spec.train and spec.augment is not None:
-        ops.append(spec.augment)
-    ops.append(grain.transforms.Batch(per_process, drop_remainder=spec.train))
-    return grain.DataLoader(
-        data_source=source, sampler=sampler, operations=ops, worker_count=spec.worker_count,
-        read_options=grain.ReadOptions(num_threads=spec.read_threads, prefetch_buffer_size=500),
-    )
+class GlobalBatchSampler:
+    """grain sampler whose global batches are the same for any number of processes (module docstring).
+
+    grain hands process p the sampler indices l*P + p for its local indices l = 0, 1, ...; with W reader
+    workers, worker w reads the local indices l = w (mod W) and batches them, and the loader yields the
+    workers' batches in turn. So local index l is slot s of the q-th batch of worker w, which is global
+    batch start_batch + q*W + w; its record is the one at position g = batch*B + p*b + s of the split's
+    order (b = B/P). Training orders every epoch by a seeded shuffle (grain's own IndexSampler over the
+    whole split, whose per-record augmentation seed then depends on g alone); evaluation reads the split
+    in order, and positions past its end are padding (the record key len(source), see PaddedSource).
+    """
+
+    def __init__(self, num_records: int, batch_size: int, *, train: bool, seed: int, start_batch: int = 0,
+                 process_index: int = 0, process_count: int = 1, workers: int = 0):
+        self.num_records, self.batch_size, self.train = int(num_records), int(batch_size), bool(train)
+        self.seed, self.start_batch = int(seed), int(start_batch)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.workers = max(1, int(workers))
+        self.per_process = self.batch_size // self.process_count
+        self._order = grain.samplers.IndexSampler(self.num_records, shuffle=True, num_epochs=None,
+                                                  seed=self.seed) if self.train else None
+        # Evaluation: whole rounds of the workers' batches up to the split's last global batch.
+        remaining = max(0, math.ceil(self.num_records / self.batch_size) - self.start_batch)
+        self.local_length = math.ceil(remaining / self.workers) * self.workers * self.per_process
+
+    def __len__(self) -> int:
+        return sys.maxsize if self.train else self.local_length * self.process_count
+
+    def position(self, index: int) -> int:
+        """The split position g read for grain's sampler index (see the class docstring)."""
+        local, process = divmod(int(index), self.process_count)
+        n, worker = divmod(local, self.workers)
+        q, slot = divmod(n, self.per_process)
+        batch = self.start_batch + q * self.workers + worker
+        return batch * self.batch_size + process * self.per_process + slot
+
+    def __getitem__(self, index: int):
+        if index < 0 or index >= len(self):
+            raise IndexError(f"sampler index {index} outside [0, {len(self)})")
+        g = self.position(index)
+        if self.train:
+            return self._order[g]
+        key = g if g < self.num_records else self.num_records  # past the end: padding
+        return grain.RecordMetadata(index=g, record_key=key)
+
+    def __repr__(self) -> str:
+        return (f"GlobalBatchSampler(num_records={self.num_records}, batch_size={self.batch_size}, "
+                f"train={self.train}, seed={self.seed}, start_batch={self.start_batch}, "
+                f"process={self.process_index}/{self.process_count}, workers={self.workers})")
+
+
+class PaddedSource:
+    """An evaluation source one record longer: index len(source) is padding (a copy of record 0 marked
+    `_pad`, so it decodes and batches like the rest and comes out with `valid` False)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source) + 1
+
+    def __getitem__(self, index):
+        index = int(index)
+        if index == len(self.source):
+            return dict(self.source[0], _pad=True)
+        return dict(self.source[index], _pad=False)
+
+    def __repr__(self) -> str:
+        return f"PaddedSource({self.source!r})"
+
+
+class Loader:
+    """One split's records, decoding and batching: grain DataLoaders that start at any global batch."""
+
+    def __init__(self, source, spec: LoaderSpec):
+        if len(source) == 0:
+            raise DataConfigError("the dataset is empty: no records to read")
+        self.spec = spec
+        self.num_records = len(source)
+        # Each grain worker process holds a cache of its own: the budget covers all of them.
+        copies = max(1, spec.worker_count)
+        if (spec.cache_mb > 0 and hasattr(source, "_getitems")
+                and split_cache_bytes(source, spec.image_size) * copies <= spec.cache_mb * 2**20):
+            source = RenderCache(source)
+        self.records = source  # as read: a RenderCache when cached
+        self.source = source if spec.train else PaddedSource(source)
+        self.num_batches = None if spec.train else math.ceil(self.num_records / spec.batch_size)
+
+    def dataloader(self, start_batch: int = 0) -> grain.DataLoader:
+        spec = self.spec
+        per_process = spec.batch_size // jax.process_count()
+        sampler = GlobalBatchSampler(self.num_records, spec.batch_size, train=spec.train, seed=spec.seed,
+                                     start_batch=start_batch, process_index=jax.process_index(),
+                                     process_count=jax.process_count(), workers=spec.worker_count)
+        shard = grain.sharding.ShardOptions(shard_index=jax.process_index(), shard_count=jax.process_count())
+        decode = DecodeAndResize(spec.image_size, spec.strict, max_skip_fraction=spec.max_skip_fraction,
+                                 min_reads=min(SKIP_CHECK_READS, self.num_records), what=spec.what,
+                                 crop=spec.crop, patch_grid=spec.patch_grid, train=spec.train)
+        ops: list = [decode, DropBad(), StripFlags()]
+        if spec.train and spec.crop == "patches":
+            ops.append(RandomPatch(spec.image_size))
+        if spec.train and spec.augment is not None:
+            ops.append(spec.augment)
+        ops.append(grain.transforms.Batch(per_process, drop_remainder=spec.train))
+        return grain.DataLoader(
+            data_source=self.source, sampler=sampler, operations=ops, worker_count=spec.worker_count,
+            shard_options=shard,
+            read_options=grain.ReadOptions(num_threads=spec.read_threads, prefetch_buffer_size=500),
+        )
+
+
+def make_loader(source, spec: LoaderSpec) -> Loader:
+    """This process's share of each global batch of `source` (see Loader and GlobalBatchSampler)."""
+    return Loader(source, spec)
 
 
 @functools.partial(jax.jit, static_argnums=())
@@ -483,26 +580,46 @@ class ShardedBatches:
     """Iterates global, mesh-sharded batches: images float32 in [0, 1], plus a `valid` mask.
 
     Evaluation batches are padded to the full batch size (with `valid` False on the padding) so every
-    step has one static shape that splits over the devices.
+    step has one static shape that splits over the devices, and a pass is `loader.num_batches` batches
+    long in every process: a process whose share lost records to unreadable files fills the rest with
+    padding batches. `position` counts the global batches consumed since the split's start; `seek(k)`
+    (or set_state) continues from global batch k, whatever the process count that got there.
     """
 
-    def __init__(self, loader: grain.DataLoader, mesh, batch_size: int):
+    def __init__(self, loader: Loader, mesh, batch_size: int):
         self.loader = loader
         self.mesh = mesh
         self.per_process = parallel.check_batch_size(batch_size, mesh)
-        self._iter = iter(loader)
+        self._template = None  # a host batch's fields, for padding batches
+        self.seek(0)
+
+    def seek(self, position: int) -> None:
+        self.position = int(position)
+        self._iter = iter(self.loader.dataloader(self.position))
 
     def __iter__(self) -> Iterator[dict]:
         return self
 
     def __next__(self) -> dict:
-        host = next(self._iter)
+        total = self.loader.num_batches
+        if total is not None and self.position >= total:
+            raise StopIteration
+        try:
+            host = next(self._iter)
+        except StopIteration:
+            if self._template is None:
+                raise
+            host = dict(self._template)  # peers may still have batches: take part, with padding only
+        else:
+            if self._template is None:
+                self._template = {k: np.asarray(v)[:0] for k, v in host.items()}
+        self.position += 1
         return self.to_global(host)
 
     def to_global(self, host: dict) -> dict:
-        n = len(host["image"])
         host = {k: np.asarray(v) for k, v in host.items()}
-        host["valid"] = np.ones(n, bool)
+        n = len(host["image"])
+        host["valid"] = np.asarray(host["valid"], bool) if "valid" in host else np.ones(n, bool)
         if n < self.per_process:
             pad = self.per_process - n
             host = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in host.items()}
@@ -511,10 +628,10 @@ class ShardedBatches:
         return batch
 
     def get_state(self) -> bytes:
-        return self._iter.get_state()
+        return json.dumps({"global_batches": self.position}).encode()
 
     def set_state(self, state: bytes) -> None:
-        self._iter.set_state(state)
+        self.seek(int(json.loads(state)["global_batches"]))
 
 
 def loader_spec_from_config(config, split: str, training: bool | None = None) -> LoaderSpec:

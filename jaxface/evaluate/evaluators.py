@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxface import files
+from jaxface import files, parallel
 from jaxface.data import pipeline
 from jaxface.registry import Registry
 
@@ -38,4 +38,5 @@ def evaluate_split(setup, split: str = "test", out_dir=None) -> dict:
     metrics["split"] = split
     with files.ctrl_c_deferred("writing the evaluation report"):  # its files change together
         metrics, text, written = REPORTS[setup.task.name](setup, outputs, metrics, out_dir)
+    parallel.barrier("evaluation written")  # e.g. calibration.json, which predict reads next
     return {"metrics": metrics, "text": text, "outputs": written}

@@ -102,9 +102,24 @@ def _threshold(setup) -> tuple[float, float, str]:
         f"; p_fake temperature-scaled, T = {detection.temperature_of(cal):.3f})")
 
 
+def _own_model(setup):
+    """(mesh, model state) for scoring this process's share alone: the setup's own in one process, or a
+    copy on this process's devices when the setup spans several processes."""
+    if jax.process_count() == 1 or all(d.process_index == jax.process_index() for d in setup.mesh.devices.flat):
+        return setup.mesh, setup.model_state
+    cached = getattr(setup, "_own_model", None)
+    if cached is None:
+        mesh = parallel.local_mesh()
+        cached = (mesh, parallel.localize(setup.model_state, mesh))
+        setup._own_model = cached
+    return cached
+
+
 def classify(setup, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits (N,) of uint8 (N, H, W, 3) images, in fixed-shape padded batches."""
-    shards = parallel.data_parallel_size(setup.mesh)
+    """Logits (N,) of uint8 (N, H, W, 3) images, in fixed-shape padded batches, on this process's
+    devices (a multi-process predict scores each process's share apart)."""
+    mesh, state = _own_model(setup)
+    shards = parallel.data_parallel_size(mesh)
     batch = int(math.ceil(batch_size / shards) * shards)
     logits = []
     for start in range(0, len(images), batch):
@@ -118,8 +133,8 @@ def classify(setup, images: np.ndarray, batch_size: int) -> np.ndarray:
             "valid": np.arange(batch) < n,
         }
         host["image"][:n] = chunk.astype(np.float32) / 255.0
-        with jax.set_mesh(setup.mesh):
-            out = setup.predict(setup.model_state, parallel.host_to_global(host, setup.mesh))
+        with jax.set_mesh(mesh):
+            out = setup.predict(state, parallel.host_to_global(host, mesh))
         logits.append(np.asarray(out["logit"], np.float64)[:n])
     return np.concatenate(logits) if logits else np.zeros(0)
 
@@ -171,7 +186,9 @@ def predict_command(setup, paths: Sequence[str], output_csv=None, batch_size: in
     preparer = pipeline.image_preparer(setup.config.data)
     faces = faces_lib.default_mode(setup.config) if faces is None else faces_lib.check_mode(faces)
     finder = faces_lib.FaceFinder(setup.config.data) if faces == "align" else None
-    items = collect_image_paths(paths)
+    every_item = collect_image_paths(paths)
+    # A multi-process run: each process reads and scores items p, p+P, ...; the records are gathered.
+    items = parallel.process_share(every_item)
     records: list[dict] = []
     chunk = max(int(batch_size), 1) * 4  # decode a few batches ahead, keep memory bounded
     workers = 1 if finder is not None else 2  # the face detector is not shared between threads
@@ -198,7 +215,11 @@ def predict_command(setup, paths: Sequence[str], output_csv=None, batch_size: in
                 for face in record["faces"]:
                     del face["path"], face["error"]
                 records.append(record)
+    if jax.process_count() > 1:
+        shares = parallel.gather_objects(records)
+        records = [shares[i % len(shares)][i // len(shares)] for i in range(len(every_item))]
     outputs = [write_csv(output_csv, records)] if output_csv else []
+    parallel.barrier("predictions written")
     return {"records": records, "outputs": outputs, "threshold": float(sigmoid(threshold_logit / temperature)),
             "rule": rule}
 

@@ -57,12 +57,14 @@ def load_classifier(path: pathlib.Path, layer: str) -> Classifier:
 
     path = files.as_path(path)
     path = path.absolute() if files.is_local(path) else path
-    key = (str(path), fit_lib.checkpoint_step(path), layer)
+    # In a multi-process run each process renders its own share of the images on its own devices.
+    local = jax.process_count() > 1
+    key = (str(path), fit_lib.checkpoint_step(path), layer, local)
     if key in _CLASSIFIERS:
         _CLASSIFIERS.move_to_end(key)
         return _CLASSIFIERS[key]
     try:
-        setup = fit_lib.load_classifier(path)
+        setup = fit_lib.load_classifier(path, local=local)
         fit_lib.check_layer(setup.model, layer)
     except fit_lib.FitConfigError as e:
         raise GenerateError(str(e)) from None

@@ -28,12 +28,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxface import files
+from jaxface import files, parallel
 from jaxface.cgmm import targets as targets_lib
 from jaxface.evaluate import generation as metrics
 from jaxface.generate import reconstruct as reconstruct_lib
 from jaxface.generate.output import GENERATE_DIR, check_name, set_line, slug, write_images
-from jaxface.generate.rendering import evaluate_items, render_items
+from jaxface.generate.rendering import chunk_plan, render_shared
 from jaxface.generate.settings import GenerateError, MAX_SEED, METHODS, settings_from_config
 from jaxface.generate.sweep import run_sweep
 from jaxface.generate.targets import (
@@ -57,17 +57,18 @@ def generate_set(ctx: Context, attributes, num, mode, model, method, steps, seed
     items = [Item(0, names, indices, s, mode, model, method, settings, strength) for s in seeds]
     default = f"{slug('-'.join(names))}_{method}" + (f"_{model}_{mode}" if method == "invert" else "") + f"_s{seed}"
     directory = ctx.workdir / GENERATE_DIR / check_name(name or default)
-    rendered = render_items(ctx, items, verbose=verbose, label=", ".join(names))
-    records = evaluate_items(ctx, items, rendered)
+    results = render_shared(ctx, items, chunk_plan(items, [range(len(items))]), verbose=verbose)
+    images = np.stack([results[i][0] for i in range(len(items))])
+    records = [results[i][1] for i in range(len(items))]
     for i, r in enumerate(records):
         r["image"] = f"images/{i:03d}.png"
-    outputs = write_images(directory, rendered["images"], cols=min(len(items), 8))
+    outputs = write_images(directory, images, cols=min(len(items), 8))
     summary = dict(attributes=names, method=method, model=model, mode=mode, strength=strength, seeds=seeds,
-                   **metrics.summarize_set(records, rendered["images"]))
+                   **metrics.summarize_set(records, images))
     if judge is not None:  # a second classifier that no objective used (generate/judge.py)
         from jaxface.generate import judge as judge_lib
 
-        summary.update(judge_lib.judge_set(judge, rendered["images"], indices), judge_workdir=str(judge.workdir))
+        summary.update(judge_lib.judge_set(judge, images, indices), judge_workdir=str(judge.workdir))
     outputs.append(files.write_json(directory / "results.json", records))
     outputs.append(files.write_json(directory / "summary.json", summary))
     text = set_line(summary, f"{', '.join(names)} ({method}" + (f", {model}, {mode})" if method == "invert" else ")"))
@@ -119,12 +120,17 @@ def generate_command(
     ctx = load_context(workdir)
     with jax.set_mesh(ctx.clf.setup.mesh):
         if reconstruct is not None:
-            return reconstruct_lib.reconstruct(ctx, reconstruct, num, steps, seed, name, verbose, layers)
-        judge = None
-        if judge_workdir:
-            from jaxface.generate import judge as judge_lib
+            result = reconstruct_lib.reconstruct(ctx, reconstruct, num, steps, seed, name, verbose, layers)
+        else:
+            judge = None
+            if judge_workdir:
+                from jaxface.generate import judge as judge_lib
 
-            judge = judge_lib.load_judge(judge_workdir, ctx.store.schema)
-        if sweep is not None:
-            return run_sweep(ctx, sweep, seed, steps, name, verbose, judge)
-        return generate_set(ctx, attributes, num, mode, model, method, steps, seed, name, strength, verbose, judge)
+                judge = judge_lib.load_judge(judge_workdir, ctx.store.schema)
+            if sweep is not None:
+                result = run_sweep(ctx, sweep, seed, steps, name, verbose, judge)
+            else:
+                result = generate_set(ctx, attributes, num, mode, model, method, steps, seed, name, strength,
+                                      verbose, judge)
+    parallel.barrier("generate written")
+    return result

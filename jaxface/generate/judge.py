@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxface import files
+from jaxface import files, parallel
 from jaxface.evaluate import generation as metrics
 from jaxface.generate.settings import GenerateError
 
@@ -54,7 +54,8 @@ def load_judge(workdir, schema=None) -> Judge:
 
     workdir = files.as_path(workdir)
     try:
-        setup = trainer.load_for_inference(workdir)
+        # Every process judges the gathered images on its own devices (a sweep splits only the rendering).
+        setup = trainer.load_for_inference(workdir, mesh=parallel.own_share_mesh())
     except checkpoint.CheckpointError as err:
         raise GenerateError(f"--judge_workdir: {err}") from None
     return judge_from_setup(setup, schema)

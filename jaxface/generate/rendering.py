@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface import parallel
 from jaxface.cgmm import fit as fit_lib
 from jaxface.evaluate import generation as metrics
 from jaxface.generate.classifier import classify_images, classify_targets
@@ -107,3 +108,46 @@ def evaluate_items(ctx: Context, items: Sequence[Item], rendered: dict) -> list[
             target_attribute_probs={names[i]: float(target_probs[row, i]) for i in item.indices},
         ))
     return records
+
+
+def chunk_plan(items: Sequence[Item], groups: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
+    """(group, rows) per batched call: a group's rows cut into chunks of at most invert.max_batch images,
+    and of at most 1/P of the group in a run of P processes, so that every process gets work."""
+    count = jax.process_count()
+    chunks = []
+    for g, rows in enumerate(groups):
+        rows = list(rows)
+        if rows:
+            size = max(1, min(items[rows[0]].settings.max_batch, -(-len(rows) // count)))
+            chunks += [(g, rows[i:i + size]) for i in range(0, len(rows), size)]
+    return chunks
+
+
+def render_shared(ctx: Context, items: Sequence[Item], chunks: Sequence[tuple[int, list[int]]], *,
+                  verbose: bool = True, on_round=None) -> dict:
+    """Renders and scores the chunks of chunk_plan(), split over the processes of a multi-process run:
+    -> {row: (image, record)} in every process.
+
+    Chunk c runs in process c mod P on that process's own devices. After each round of P chunks every
+    process's images and records are gathered, and on_round(results) runs in every process (a sweep
+    keeps them for a resumed run). An image depends only on its own item (its seed fixes its noise,
+    jitter and target sample), so how the items are split does not change what is rendered.
+    """
+    count, me = jax.process_count(), jax.process_index()
+    results: dict = {}
+    for first in range(0, len(chunks), count):
+        mine = chunks[first:first + count]
+        local = []
+        if me < len(mine):
+            g, rows = mine[me]
+            chunk_items = [items[r] for r in rows]
+            label = (f"group {g + 1} ({chunk_items[0].method}), call {first + me + 1} of {len(chunks)}"
+                     if len(chunks) > 1 else ", ".join(chunk_items[0].names))
+            rendered = render_items(ctx, chunk_items, verbose=verbose, label=label)
+            local = [(r, rendered["images"][j], rec)
+                     for j, (r, rec) in enumerate(zip(rows, evaluate_items(ctx, chunk_items, rendered)))]
+        done = [entry for part in parallel.gather_objects(local) for entry in part]
+        results.update({r: (image, rec) for r, image, rec in done})
+        if on_round is not None:
+            on_round(done)
+    return results

@@ -24,7 +24,7 @@ from jaxface.cgmm.fit import CGMM_DIR
 from jaxface.cgmm import targets as targets_lib
 from jaxface.evaluate import generation as metrics
 from jaxface.generate.output import GENERATE_DIR, check_name, set_line, slug, write_images
-from jaxface.generate.rendering import evaluate_items, render_items
+from jaxface.generate.rendering import chunk_plan, render_shared
 from jaxface.generate.settings import GenerateError, METHODS, settings_from_config
 from jaxface.generate.targets import (
     Context, Item, check_choice, check_strength, default_strength, resolve_set, seeds_for,
@@ -153,20 +153,16 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None) 
     reused = sum(image is not None for image in images)
     if reused and verbose:
         print(f"resuming: {reused} of {len(items)} image(s) already in {partial}", flush=True)
-    calls = 0
+    def keep(done):  # after every round: all processes' images, saved by process 0 for a resumed run
+        for r, image, rec in done:
+            images[r], records[r] = image, rec
+            _save_partial(partial, keys[r], image, rec)
+        faults.hit("sweep_batch")
+
+    chunks = chunk_plan(items, [[r for r in rows if images[r] is None] for rows in groups.values()])
+    calls = len(chunks)
     try:
-        for g, ((method, settings), rows) in enumerate(groups.items()):
-            todo = [r for r in rows if images[r] is None]
-            for start in range(0, len(todo), settings.max_batch):
-                chunk = todo[start : start + settings.max_batch]
-                chunk_items = [items[r] for r in chunk]
-                label = f"group {g + 1}/{len(groups)} ({method}), {start + len(chunk)} of {len(todo)} to render"
-                rendered = render_items(ctx, chunk_items, verbose=verbose, label=label)
-                calls += 1
-                for j, (r, rec) in enumerate(zip(chunk, evaluate_items(ctx, chunk_items, rendered))):
-                    images[r], records[r] = rendered["images"][j], rec
-                    _save_partial(partial, keys[r], images[r], rec)
-                faults.hit("sweep_batch")
+        render_shared(ctx, items, chunks, verbose=verbose, on_round=keep)
     except KeyboardInterrupt:
         done = sum(image is not None for image in images)
         raise SweepInterrupted(

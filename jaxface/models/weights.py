@@ -10,7 +10,7 @@ A weight file holds parameters only (no optimiser state, no RNG state): pass
 string form, so this is transparent.
 
 These files are what `jaxface convert-weights` writes and what `init_from` in configs reads; the
-trainer's full training checkpoints (with optimiser and data-iterator state) are a separate format.
+trainer's full training checkpoints (with optimiser state and data position) are a separate format.
 """
 from __future__ import annotations
 

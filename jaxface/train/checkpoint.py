@@ -1,4 +1,5 @@
-"""Training checkpoints: model, optimiser, step, RNG and data-iterator state in one orbax step directory.
+"""Training checkpoints: model, optimiser, step, RNG and the data position (global batches consumed, in
+the meta item) in one orbax step directory.
 
 The model and the optimiser are separate items so that inference (evaluate, predict, serve, generate)
 restores the model alone, without building an optimiser. A latest checkpoint that cannot be read is
@@ -92,6 +93,8 @@ def manager(workdir, *, keep: int = 3, create: bool = True) -> ocp.CheckpointMan
         "model": ocp.StandardCheckpointHandler(),
         "opt": ocp.StandardCheckpointHandler(),
         "meta": ocp.JsonCheckpointHandler(),
+        # Checkpoints of earlier versions also hold grain's per-process iterator state: read by nobody
+        # now (meta["data_batches"] replaced it), the handler stays so that orbax still knows the item.
         "data": grain.checkpoint.CheckpointHandler(),
     }
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
@@ -146,14 +149,13 @@ def check_room(mngr, step: int, *, model_state, opt_state) -> None:
             errno.ENOSPC)
 
 
-def save(mngr, step: int, *, model_state, opt_state, meta: dict, data_iterator=None, force=False) -> bool:
+def save(mngr, step: int, *, model_state, opt_state, meta: dict, force=False) -> bool:
     """Saves one step (asynchronously where orbax can). A write that fails on the file system, now or
     in the background write of the previous save, is a CheckpointWriteError naming what is intact."""
     try:
         check_room(mngr, step, model_state=model_state, opt_state=opt_state)
         faults.hit("checkpoint_save")
-        return _save(mngr, step, model_state=model_state, opt_state=opt_state, meta=meta,
-                     data_iterator=data_iterator, force=force)
+        return _save(mngr, step, model_state=model_state, opt_state=opt_state, meta=meta, force=force)
     except CheckpointWriteError:
         raise
     except Exception as err:  # noqa: BLE001 - only file-system failures are translated
@@ -174,14 +176,14 @@ def wait_until_finished(mngr, step: int) -> None:
         raise failure from err
 
 
-def _save(mngr, step: int, *, model_state, opt_state, meta: dict, data_iterator=None, force=False) -> bool:
+def _save(mngr, step: int, *, model_state, opt_state, meta: dict, force=False) -> bool:
+    # The data position is meta["data_batches"] (global batches consumed), not grain's per-process
+    # iterator files: a checkpoint written by N processes then resumes in any number of processes.
     items = {
         "model": ocp.args.StandardSave(keys_to_data(model_state)),
         "opt": ocp.args.StandardSave(keys_to_data(opt_state)),
         "meta": ocp.args.JsonSave(meta),
     }
-    if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -235,7 +237,7 @@ def _move_aside(mngr, step: int) -> None:
     mngr.reload()
 
 
-def restore_latest(mngr, *, model_state, opt_state=None, data_iterator=None) -> dict | None:
+def restore_latest(mngr, *, model_state, opt_state=None) -> dict | None:
     """Restores the newest readable step; None when the workdir has no checkpoint at all."""
     steps = sorted(mngr.all_steps(), reverse=True)
     corrupt = files.as_path(mngr.directory).parent / "checkpoints_corrupt"
@@ -255,8 +257,6 @@ def restore_latest(mngr, *, model_state, opt_state=None, data_iterator=None) -> 
             _check_shapes(mngr, step, item, target)
         items = {k: ocp.args.StandardRestore(_abstract(v)) for k, v in targets.items()}
         items["meta"] = ocp.args.JsonRestore()
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(**items))
         except CheckpointError:

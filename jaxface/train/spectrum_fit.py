@@ -42,18 +42,17 @@ def fit_spectrum(config, workdir) -> dict:
             l2=float(option(config.model, "l2", 1e-2)), steps=int(option(config.model, "newton_steps", 25)))
         model.set_classifier(fit)
 
-    # A checkpoint the trainer's format expects: model, optimiser (fresh) and data-iterator state.
+    # A checkpoint the trainer's format expects: model, optimiser (fresh) and data position.
     step = int(config.num_train_steps)
     tx = optim.build_optimizer(config.optimizer, step)
     trainable = optim.trainable_filter(config.get("freeze_below", ""), setup.task.layer_of,
                                        setup.task.layer_index)
     _, model_state = nnx.split(model)
     _, opt_state = trainer.create_optimizer(setup.model_def, model_state, tx, trainable, setup.mesh, config)
-    train_batches = pipeline.batches(config, "train", setup.mesh, augment=setup.task.augment(config))
     mngr = checkpoint.manager(workdir, keep=int(config.get("keep_checkpoints", 3)))
     checkpoint.save(mngr, step, model_state=model_state.to_pure_dict(), opt_state=opt_state.to_pure_dict(),
-                    meta={"step": step, "task": "deepfake", "seed": int(config.seed), "fit": "closed_form"},
-                    data_iterator=train_batches._iter, force=True)
+                    meta={"step": step, "task": "deepfake", "seed": int(config.seed), "fit": "closed_form",
+                          "data_batches": 0}, force=True)
     mngr.wait_until_finished()
     record = {"step": step, "split": "train", "loss": float(fit.loss), "grad_norm": float(fit.gradient_norm),
               "fit": "closed_form", "num_examples": int(sum(len(l) for l in labels))}

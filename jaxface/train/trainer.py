@@ -107,8 +107,9 @@ def build(config, *, mesh=None) -> Setup:
     return Setup(config, task, mesh, model, model_def, model_state, predict=make_predict_step(task, model_def))
 
 
-def load_for_inference(workdir, config=None) -> Setup:
-    """The latest checkpoint's model in WORKDIR, without optimiser or data state."""
+def load_for_inference(workdir, config=None, *, mesh=None) -> Setup:
+    """The latest checkpoint's model in WORKDIR, without optimiser or data state, on MESH (default: the
+    config's, over every process's devices; parallel.local_mesh() for work each process does alone)."""
     import json
 
     import ml_collections
@@ -120,8 +121,8 @@ def load_for_inference(workdir, config=None) -> Setup:
             raise checkpoint.CheckpointError(f"{workdir} has no config.json: is it a jaxface workdir?")
         config = ml_collections.ConfigDict(json.loads(path.read_text()))
     if (workdir / EXPORTED_WEIGHTS).exists() and not (workdir / checkpoint.CHECKPOINT_DIR).exists():
-        return _load_exported(workdir, config)
-    setup = build(config)
+        return _load_exported(workdir, config, mesh)
+    setup = build(config, mesh=mesh)
     mngr = checkpoint.manager(workdir, create=False)
     restored = checkpoint.restore_latest(mngr, model_state=setup.model_state.to_pure_dict())
     if restored is None:
@@ -191,7 +192,7 @@ def export_model(workdir, out_dir) -> list[pathlib.Path]:
     return written
 
 
-def _load_exported(folder: pathlib.Path, config) -> Setup:
+def _load_exported(folder: pathlib.Path, config, mesh=None) -> Setup:
     import json
 
     from safetensors.numpy import load_file
@@ -202,7 +203,7 @@ def _load_exported(folder: pathlib.Path, config) -> Setup:
         flat = load_file(str(folder / EXPORTED_WEIGHTS))
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file: say which
         raise checkpoint.CheckpointError(f"cannot read the exported model in {folder}: {err}") from None
-    setup = build(config)
+    setup = build(config, mesh=mesh)
     template = setup.model_state.to_pure_dict()
     placed = jax.tree.map(lambda new, old: new if new is old else jax.device_put(new, old.sharding),
                           _unflat(template, flat), template)
@@ -381,13 +382,14 @@ def _train(config, workdir, on_start) -> dict:
     train_batches = pipeline.batches(config, "train", mesh, augment=task.augment(config))
     mngr = checkpoint.manager(workdir, keep=int(config.get("keep_checkpoints", 3)))
     restored = checkpoint.restore_latest(
-        mngr, model_state=model_state.to_pure_dict(), opt_state=opt_state.to_pure_dict(),
-        data_iterator=train_batches._iter)
+        mngr, model_state=model_state.to_pure_dict(), opt_state=opt_state.to_pure_dict())
     start = 0
     if restored is not None:
         nnx.replace_by_pure_dict(model_state, restored["model"])
         nnx.replace_by_pure_dict(opt_state, restored["opt"])
         start = int(restored["step"])
+        # One global batch per step; older checkpoints lack the key and were written at that position.
+        train_batches.seek(int(restored["meta"].get("data_batches", start)))
         print(f"resuming from checkpoint step {start} in {mngr.directory}")
     elif config.model.get("init_from", ""):
         from jaxface.models import weights
@@ -413,7 +415,7 @@ def _train(config, workdir, on_start) -> dict:
     ckpt_every = max(1, int(config.get("checkpoint_every_steps", 1000)))
 
     def meta():
-        return {"step": step, "task": task.name, "seed": int(config.seed)}
+        return {"step": step, "task": task.name, "seed": int(config.seed), "data_batches": train_batches.position}
 
     def check_finite():
         bad = [m for m in pending if int(m["nonfinite"]) > 0]
@@ -458,8 +460,7 @@ def _train(config, workdir, on_start) -> dict:
                 if step % ckpt_every == 0 or final or stop:
                     check_finite()
                     checkpoint.save(mngr, step, model_state=model_state.to_pure_dict(),
-                                    opt_state=opt_state.to_pure_dict(), meta=meta(),
-                                    data_iterator=train_batches._iter, force=True)
+                                    opt_state=opt_state.to_pure_dict(), meta=meta(), force=True)
                 if stop:
                     checkpoint.wait_until_finished(mngr, step)
                     interrupted = stop
@@ -478,6 +479,7 @@ def _train(config, workdir, on_start) -> dict:
     finally:
         log.close()
     nnx.update(model, model_state)
+    parallel.barrier("training finished")  # process 0's last writes are done before anyone reads them
     outputs += [workdir / "metrics.jsonl", mngr.directory]
     return {"step": step, "outputs": outputs, "model_state": model_state, "interrupted": interrupted}
 
