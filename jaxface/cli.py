@@ -195,7 +195,7 @@ def cmd_generate(argv):
         result = generate.generate_command(
             _workdir(), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
             model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
-            reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, name=FLAGS.name,
+            reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, compare=FLAGS.compare, name=FLAGS.name,
             strength=FLAGS.strength, layers=FLAGS.layers, judge_workdir=FLAGS.judge_workdir)
     except SweepInterrupted as err:
         print(f"error: {err}", file=sys.stderr)
@@ -340,6 +340,8 @@ def _flags_generate():
     flags.DEFINE_string("layers", None, "With --reconstruct: comma-separated layers to invert together "
                         "(default: the fitted cGMM layer), e.g. conv2_2,conv5_3.")
     flags.DEFINE_string("sweep", None, "JSON file: a list of {attributes, seeds|num, settings}.")
+    flags.DEFINE_string("compare", None, "JSON file: {sets, seeds, methods, references}: methods side by side "
+                        "with reference rows, one table and one labelled grid per set.")
     flags.DEFINE_string("name", None, "Output folder name under WORKDIR/generate/.")
     flags.DEFINE_float("strength", None, "Scale the target's departure from the mean activation "
                        "(1 = the model's own target; default from the config's targets.strength).")
@@ -594,20 +596,36 @@ def run(argv: list[str] | None = None):
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
             fn(rest)
         except KeyboardInterrupt as interrupt:  # a command without its own Ctrl-C handling
-            from jaxface import files
+            from jaxface import files, parallel
 
             done = ("after finishing the files it was writing" if isinstance(interrupt, files.DeferredInterrupt)
                     else "before it finished; every file it writes is written whole, so none is half-written")
             print(f"error: interrupted (Ctrl-C); jaxface {name} stopped {done}", file=sys.stderr)
-            sys.exit(130)
+            parallel.exit_failed(130, "was interrupted (Ctrl-C)")
         except Exception as err:  # noqa: BLE001 - user mistakes become one line; bugs keep their trace
+            from jaxface import parallel
+
+            # The other processes of a multi-process run stop too, naming this failure (parallel.PeerWatch).
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            lost = parallel.lost_peer(err)
+            if lost is not None:  # another process failed first: name it, not this one's broken collective
+                import jax
+
+                print(f"error: {lost}; stopping process {jax.process_index()} of {jax.process_count()} too",
+                      file=sys.stderr)
+                parallel.exit_failed(1, f"stopped after {lost}")
             if _is_user_error(err):
                 print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+                parallel.exit_failed(2, reason)
             environment = _environment_error_text(err)
             if environment is not None:
                 print(f"error: {environment}", file=sys.stderr)
-                sys.exit(1)
+                parallel.exit_failed(1, environment[:300])
+            if parallel.distributed_started():  # a bug: its trace, then the same exit as above
+                import traceback
+
+                traceback.print_exc()
+                parallel.exit_failed(1, f"{type(err).__name__}: {reason}")
             raise
 
     app.run(main, argv=[f"jaxface {name}"] + args, flags_parser=_parse_flags)

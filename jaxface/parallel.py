@@ -163,6 +163,146 @@ def maybe_initialize_distributed(config: Any = None) -> None:
         if auto:
             os.environ["JAX_COORDINATOR_ADDRESS"] = "auto"
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    start_peer_watch()
+
+
+# ------------------------------------------------------------------------------------ peer watch
+PEER_TIMEOUT_ENV = "JAXFACE_DIST_PEER_TIMEOUT_S"
+DEFAULT_PEER_TIMEOUT_S = 15  # below the runtime's heartbeat timeout, so that this fires first
+_PEER_KEY = "jaxface/peer"
+_peer_watch = None
+
+
+class PeerWatch:
+    """Turns a lost peer into one error line and exit status 1 in every other process, before jax's
+    runtime would end them with a native crash dump (it declares a peer dead only after its heartbeat
+    timeout, then aborts the survivors; jax offers no hook to make that a Python error).
+
+    Each process counts up a key in the coordination service's key-value store every second, and notes
+    when it last saw each peer's count change (its own clock: hosts' clocks never meet). A peer whose
+    count stood still for JAXFACE_DIST_PEER_TIMEOUT_S (15) seconds was killed, crashed or lost its host;
+    a peer that posted a failure (`mark`, from the CLI's error paths) failed with that reason. A peer
+    that posted "done" has finished and is not waited for. The count is kept by a daemon thread, which
+    runs during compiles and device work (they release the GIL)."""
+
+    def __init__(self, client, me: int, count: int, timeout_s: float):
+        import threading
+        import time
+
+        self.client, self.me, self.count, self.timeout_s = client, me, count, timeout_s
+        self._time = time.monotonic
+        self._beats = 0
+        self._seen = {j: (None, self._time()) for j in range(count) if j != me}
+        self._thread = threading.Thread(target=self._run, name="jaxface-peer-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def mark(self, state: str) -> None:
+        """Posts this process's end: "done", or "failed: REASON" (the first post wins)."""
+        try:
+            self.client.key_value_set(f"{_PEER_KEY}/state/{self.me}", state)
+        except Exception:  # noqa: BLE001 - already posted, or the service is gone
+            pass
+
+    def _get(self, key: str):
+        try:
+            return self.client.key_value_try_get(key)
+        except Exception:  # noqa: BLE001 - not posted yet
+            return None
+
+    def _stop(self, message: str) -> None:
+        import sys
+
+        print(f"error: {message}; stopping process {self.me} of {self.count} too", file=sys.stderr, flush=True)
+        os._exit(1)  # skip jax's shutdown barrier, which would wait for the lost peer
+
+    def check_once(self) -> None:
+        self._beats += 1
+        try:
+            self.client.key_value_set(f"{_PEER_KEY}/alive/{self.me}", str(self._beats), allow_overwrite=True)
+        except Exception as err:  # noqa: BLE001 - the coordinator (process 0) is gone
+            if self.me != 0:
+                self._stop(f"lost the coordination service in process 0 ({type(err).__name__})")
+            return
+        now = self._time()
+        for j, (last, since) in list(self._seen.items()):
+            state = self._get(f"{_PEER_KEY}/state/{j}")
+            if state == "done":
+                del self._seen[j]
+                continue
+            if state is not None and state.startswith("failed"):
+                self._stop(f"process {j} of {self.count} {state}")
+            beat = self._get(f"{_PEER_KEY}/alive/{j}")
+            if beat != last:
+                self._seen[j] = (beat, now)
+            elif now - since > self.timeout_s:
+                self._stop(f"process {j} of {self.count} stopped responding {now - since:.0f} s ago "
+                           "(killed, crashed, or its host was lost)")
+
+    def _run(self) -> None:
+        import time
+
+        while self._seen:
+            self.check_once()
+            time.sleep(1.0)
+
+
+def start_peer_watch() -> None:
+    """Starts the PeerWatch of a multi-process run (once; JAXFACE_DIST_PEER_TIMEOUT_S=0 turns it off)."""
+    global _peer_watch
+    import atexit
+
+    raw = os.environ.get(PEER_TIMEOUT_ENV, "").strip()
+    if raw and not raw.isdigit():
+        raise ValueError(f"{PEER_TIMEOUT_ENV}={raw!r}: must be a whole number of seconds (0: off)")
+    timeout = int(raw) if raw else DEFAULT_PEER_TIMEOUT_S
+    if _peer_watch is not None or timeout == 0 or jax.process_count() < 2:
+        return
+    from jax._src import distributed as jax_distributed  # the runtime's client: no public handle
+
+    client = getattr(jax_distributed.global_state, "client", None)
+    if client is None or not hasattr(client, "key_value_try_get"):
+        logging.warning("no peer watch: this jax has no distributed key-value client")
+        return
+    _peer_watch = PeerWatch(client, jax.process_index(), jax.process_count(), timeout)
+    atexit.register(_peer_watch.mark, "done")  # after a failure, mark() already posted "failed"
+    _peer_watch.start()
+
+
+def mark_process_end(state: str) -> None:
+    """Tells the other processes how this one ends ("done" or "failed: REASON"); no-op alone."""
+    if _peer_watch is not None:
+        _peer_watch.mark(state)
+
+
+def lost_peer(err: BaseException | None = None) -> str | None:
+    """Why this process cannot go on because of another one, or None: a peer that posted its failure, or
+    a collective broken by a peer that went away (`err`, e.g. gloo's "Connection closed by peer")."""
+    if _peer_watch is not None:
+        for j in range(_peer_watch.count):
+            state = _peer_watch._get(f"{_PEER_KEY}/state/{j}") if j != _peer_watch.me else None
+            if state is not None and state.startswith("failed"):
+                return f"process {j} of {_peer_watch.count} {state}"
+    text = str(err or "")
+    if distributed_started() and any(s in text for s in ("Connection closed by peer", "Connection reset by peer")):
+        line = (text.strip().splitlines() or [""])[0]
+        return f"a peer process went away during a collective ({line[:200]})"
+    return None
+
+
+def exit_failed(code: int, reason: str) -> None:
+    """Ends a failed command: alone, sys.exit(code); in a multi-process run, posts the failure for the
+    others (PeerWatch) and leaves at once, since jax's exit barrier would wait for peers that are
+    still computing and then abort with a crash dump."""
+    import sys
+
+    if not distributed_started():
+        sys.exit(code)
+    mark_process_end(f"failed: {reason}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def make_mesh(data: int = -1, model: int = 1, num_devices: int = -1) -> jax.sharding.Mesh:

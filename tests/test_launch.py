@@ -426,3 +426,54 @@ def test_a_process_killed_mid_training_stops_the_run_within_30_s_and_the_last_ch
     setup = trainer.load_for_inference(workdir)
     assert setup.step == steps[-1]
     assert not (workdir / "checkpoints_corrupt").exists()
+
+
+@pytest.mark.slow
+def test_without_a_launcher_a_lost_or_failed_peer_is_one_error_line_in_the_survivor(tmp_path):
+    """Two pairs of processes started directly (as another launcher would), each 1 CPU device: in one
+    pair process 1 is SIGKILLed at its 5th step, in the other it fails with an I/O error there. Process 0
+    stops with exit status 1 and one line naming process 1 (parallel.PeerWatch), never jax's native
+    crash dump, and its finished checkpoints stay readable."""
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    procs = {}
+    for case, fault in (("killed", "SIGKILL"), ("failed", "EIO")):
+        port = free_port()
+        for i in range(2):
+            env = {k: v for k, v in os.environ.items() if k != "JAXFACE_FAULTS"}
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                       JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                       JAXFACE_DIST_PEER_TIMEOUT_S="5")
+            if i == 1:
+                env["JAXFACE_FAULTS"] = f"train_step@5={fault}"
+            procs[case, i] = subprocess.Popen(
+                [sys.executable, "-m", "jaxface", "train", *TINY, f"--workdir={tmp_path / case}"], cwd=REPO, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {}
+    try:
+        for key, proc in procs.items():
+            out[key] = proc.communicate(timeout=120)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    assert procs["killed", 1].returncode == -signal.SIGKILL
+    assert procs["failed", 1].returncode == 1 and "error:" in out["failed", 1][1]
+    # A killed peer is noticed by its silence, or by the collective it breaks (whichever comes first).
+    for case, reason in (("killed", r"(process 1 of 2 stopped responding \d+ s ago \(killed, crashed, or its host "
+                                    r"was lost\)|a peer process went away during a collective .*)"),
+                         ("failed", r"process 1 of 2 failed: .*Input/output error")):
+        stderr = out[case, 0][1]
+        assert procs[case, 0].returncode == 1, stderr[-3000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and re.fullmatch(
+            rf"error: {reason}.*; stopping process 0 of 2 too", errors[0]), errors
+        assert "Fatal Python error" not in stderr and "Check failure" not in stderr
+        from jaxface.train import trainer
+
+        assert trainer.load_for_inference(tmp_path / case).step in (2, 4)

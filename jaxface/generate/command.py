@@ -88,6 +88,7 @@ def generate_command(
     seed: int = 0,
     reconstruct: str | None = None,
     sweep: str | None = None,
+    compare: str | None = None,
     name: str | None = None,
     strength: float | None = None,
     layers: str | Sequence[str] | None = None,
@@ -100,13 +101,14 @@ def generate_command(
     steps overrides the configured number of optimisation steps; strength (default: the config's
     targets.strength) scales the target's departure from the mean activation (see `amplify`).
     layers (reconstruct only): the taps whose true activations are inverted (default: the fitted layer).
-    judge_workdir (an attribute set or a sweep): a second attribute classifier whose hit rate, KID and diversity
+    compare: a JSON file of methods, sets and seeds run side by side with reference rows (generate/compare.py).
+    judge_workdir (an attribute set, a sweep or a compare): a second attribute classifier whose hit rate, KID and diversity
     the summary adds (generate/judge.py).
     """
-    chosen = [k for k, v in (("attributes", attributes), ("reconstruct", reconstruct), ("sweep", sweep))
-              if v is not None]
+    chosen = [k for k, v in (("attributes", attributes), ("reconstruct", reconstruct), ("sweep", sweep),
+                             ("compare", compare)) if v is not None]
     if len(chosen) > 1:
-        raise GenerateError(f"give one of --attributes, --reconstruct, --sweep (got {', '.join(chosen)})")
+        raise GenerateError(f"give one of --attributes, --reconstruct, --sweep, --compare (got {', '.join(chosen)})")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
         raise GenerateError(f"--steps must be a positive integer, got {steps!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
@@ -114,7 +116,7 @@ def generate_command(
     if name is not None:
         check_name(name)
     if judge_workdir and reconstruct is not None:
-        raise GenerateError("--judge_workdir applies to --attributes and --sweep, not to --reconstruct")
+        raise GenerateError("--judge_workdir applies to --attributes, --sweep and --compare, not to --reconstruct")
     if layers is not None and reconstruct is None:
         raise GenerateError("--layers applies to --reconstruct only (generation uses the fitted layer)")
     ctx = load_context(workdir)
@@ -127,7 +129,11 @@ def generate_command(
                 from jaxface.generate import judge as judge_lib
 
                 judge = judge_lib.load_judge(judge_workdir, ctx.store.schema)
-            if sweep is not None:
+            if compare is not None:
+                from jaxface.generate.compare import run_compare
+
+                result = run_compare(ctx, compare, steps, name, verbose, judge)
+            elif sweep is not None:
                 result = run_sweep(ctx, sweep, seed, steps, name, verbose, judge)
             else:
                 result = generate_set(ctx, attributes, num, mode, model, method, steps, seed, name, strength,

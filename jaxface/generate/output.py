@@ -19,6 +19,19 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "set"
 
 
+def read_json(path, flag: str):
+    """A JSON file named by a command-line flag; a missing or malformed file is one GenerateError."""
+    import json
+
+    path = pathlib.Path(str(path))
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise GenerateError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenerateError(f"{flag}: {path} is not valid JSON ({e})") from None
+
+
 def check_name(name: str) -> str:
     if not name or name in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._\-]+", name):
         raise GenerateError(f"--name={name!r}: use letters, digits, '.', '_' or '-' (one directory name)")

@@ -23,7 +23,7 @@ from jaxface import faults, files
 from jaxface.cgmm.fit import CGMM_DIR
 from jaxface.cgmm import targets as targets_lib
 from jaxface.evaluate import generation as metrics
-from jaxface.generate.output import GENERATE_DIR, check_name, set_line, slug, write_images
+from jaxface.generate.output import GENERATE_DIR, check_name, read_json, set_line, slug, write_images
 from jaxface.generate.rendering import chunk_plan, render_shared
 from jaxface.generate.settings import GenerateError, METHODS, settings_from_config
 from jaxface.generate.targets import (
@@ -42,15 +42,12 @@ SWEEP_KEYS = ("attributes", "seeds", "num", "seed", "mode", "model", "method", "
               "label")
 
 
-def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None) -> tuple[list[Item], list[dict]]:
-    """Parse and validate every entry before anything runs."""
+def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None,
+               entries: list | None = None) -> tuple[list[Item], list[dict]]:
+    """Parse and validate every entry (of the file, or `entries` when given) before anything runs."""
     path = pathlib.Path(str(sweep_path))
-    try:
-        entries = json.loads(path.read_text())
-    except OSError as e:
-        raise GenerateError(f"--sweep: cannot read {path}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenerateError(f"--sweep: {path} is not valid JSON ({e})") from None
+    if entries is None:
+        entries = read_json(path, "--sweep")
     if not isinstance(entries, list) or not entries:
         raise GenerateError(f"--sweep: {path} must hold a non-empty JSON list of entries like "
                             '{"attributes": "Male, Smiling", "seeds": [0, 1]}')
@@ -133,8 +130,8 @@ def _load_partial(directory, key: str):
         return None
 
 
-def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None) -> dict:
-    items, sets = read_sweep(ctx, sweep_path, seed, steps)
+def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None, entries=None) -> dict:
+    items, sets = read_sweep(ctx, sweep_path, seed, steps, entries)
     directory = ctx.workdir / GENERATE_DIR / check_name(name or f"sweep_{slug(pathlib.Path(str(sweep_path)).stem)}")
     partial = directory / PARTIAL_DIR
     fingerprint = _context_fingerprint(ctx)
@@ -168,10 +165,10 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None) 
         raise SweepInterrupted(
             f"interrupted: {done} of {len(items)} image(s) are kept in {partial}; run the same command again "
             "to render the rest") from None
-    outputs, summaries, lines = [], [], []
+    outputs, summaries, lines, images_by_label = [], [], [], {}
     for info in sets:
         rows = [r for r, item in enumerate(items) if item.set_index == info["index"]]
-        set_images = np.stack([images[r] for r in rows])
+        set_images = images_by_label[info["label"]] = np.stack([images[r] for r in rows])
         for k, r in enumerate(rows):
             records[r]["image"] = f"{info['label']}/images/{k:03d}.png"
         # only the grids are listed: a sweep writes hundreds of images (results.json names them all)
@@ -195,7 +192,7 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None) 
                       f"{calls} batched call(s)" + (f", {reused} reused from an interrupted run" if reused else "")]
                      + lines)
     return dict(text=text, outputs=outputs, records=records, summary=summaries, directory=directory,
-                groups=len(groups), calls=calls, reused=reused)
+                groups=len(groups), calls=calls, reused=reused, images=images_by_label)
 
 
 def _summary_csv(summaries: list[dict]) -> str:
