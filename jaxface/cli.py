@@ -196,7 +196,8 @@ def cmd_generate(argv):
             _workdir(), attributes=FLAGS.attributes, num=FLAGS.num, mode=FLAGS.mode,
             model=FLAGS.model, method=FLAGS.method, steps=FLAGS.steps, seed=FLAGS.seed,
             reconstruct=FLAGS.reconstruct, sweep=FLAGS.sweep, compare=FLAGS.compare, name=FLAGS.name,
-            strength=FLAGS.strength, layers=FLAGS.layers, judge_workdir=FLAGS.judge_workdir)
+            strength=FLAGS.strength, layers=FLAGS.layers, judge_workdir=FLAGS.judge_workdir,
+            detector_workdir=FLAGS.detector_workdir)
     except SweepInterrupted as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(130)
@@ -347,6 +348,8 @@ def _flags_generate():
                        "(1 = the model's own target; default from the config's targets.strength).")
     flags.DEFINE_string("judge_workdir", None, "A second attribute classifier (configs/attributes/"
                         "synthfaces_judge.py) that scores the set: judge hit rate, KID, diversity.")
+    flags.DEFINE_string("detector_workdir", None, "With --compare: a deepfake detector (e.g. configs/detect/"
+                        "synthfakes_mobilenet.py) whose catch rate on each row's images is reported.")
 
 
 def _flags_bench():

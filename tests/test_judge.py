@@ -75,11 +75,14 @@ def test_a_sweep_with_a_judge_reports_its_figures_per_set(cgmm_workdir, judge_di
 
 
 @pytest.mark.slow
-def test_compare_runs_methods_and_references_on_the_same_sets_and_seeds(cgmm_workdir, judge_dir, tmp_path):
+def test_compare_runs_methods_and_references_on_the_same_sets_and_seeds(cgmm_workdir, judge_dir, tmp_path,
+                                                                        tmp_path_factory):
     import csv
     import json
 
     from PIL import Image
+
+    from serve_test_utils import detector_workdir
 
     spec = {"sets": ["Male", "Smiling, Mouth Open"], "seeds": [0, 1, 2],
             "methods": [{"label": "joint", "model": "joint"}, {"label": "cgmm", "model": "cgmm", "mode": "sample"}],
@@ -87,7 +90,7 @@ def test_compare_runs_methods_and_references_on_the_same_sets_and_seeds(cgmm_wor
     path = tmp_path / "methods.json"
     path.write_text(json.dumps(spec))
     result = command.generate_command(cgmm_workdir[0], compare=str(path), judge_workdir=str(judge_dir),
-                                      verbose=False)
+                                      detector_workdir=str(detector_workdir(tmp_path_factory)), verbose=False)
     directory = result["directory"]
     assert directory.name == "compare_methods"
     rows = list(csv.DictReader((directory / "compare.csv").open()))
@@ -97,6 +100,7 @@ def test_compare_runs_methods_and_references_on_the_same_sets_and_seeds(cgmm_wor
     assert [r["row"] for r in rows if r["set"] == "all sets"] == order
     for r in rows:
         assert 0 <= float(r["hit_rate"]) <= 1 and 0 <= float(r["judge_hit_rate"]) <= 1
+        assert 0 <= float(r["detector_catch_rate"]) <= 1 and 0 < float(r["detector_mean_p_fake"]) < 1
         if r["set"] != "all sets":
             assert int(r["num_images"]) == 3 and r["kid"] != ""
     means = {r["row"]: r for r in rows if r["set"] == "all sets"}
@@ -108,7 +112,11 @@ def test_compare_runs_methods_and_references_on_the_same_sets_and_seeds(cgmm_wor
     assert [g.name for g in grids] == ["set0_male.png", "set1_smiling_mouth_open.png"]
     grid = np.asarray(Image.open(grids[0]))
     assert grid.shape[0] > 5 * 32 and grid.shape[1] > 3 * 32  # five labelled rows of three seeds
-    assert "joint: hit rate" in result["text"] and "judge" in result["text"]
+    assert "joint: hit rate" in result["text"] and "judge" in result["text"] and "called fake" in result["text"]
+    with pytest.raises(GenerateError, match="--detector_workdir applies to --compare"):
+        command.generate_command(cgmm_workdir[0], attributes="Male", detector_workdir=str(judge_dir))
+    with pytest.raises(GenerateError, match="holds a 'attributes' model, not a deepfake detector"):
+        command.generate_command(cgmm_workdir[0], compare=str(path), detector_workdir=str(judge_dir))
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -139,6 +139,19 @@ def classify(setup, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(logits) if logits else np.zeros(0)
 
 
+def score_images(setup, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A detector's verdict on images already in memory (uint8 or float in [0, 1], any size), prepared as
+    predict prepares a file (whole image): -> (p_fake (N,), called fake (N,) bool)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    preparer = pipeline.image_preparer(setup.config.data)
+    inputs = np.stack([preparer.map({"image": image})["image"] for image in images])
+    logits = classify(setup, inputs, batch_size)
+    threshold_logit, temperature, _ = _threshold(setup)
+    return sigmoid(logits / temperature), logits >= threshold_logit
+
+
 def write_csv(path, records: Sequence[dict]) -> pathlib.Path:
     """path,label,p_fake,error; with faces found, path,face,box,label,p_fake,error: one row for the image
     (face empty: the largest p_fake of its faces) and one per face (0, 1, ... and its box x0 y0 x1 y1)."""

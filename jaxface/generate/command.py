@@ -94,6 +94,7 @@ def generate_command(
     layers: str | Sequence[str] | None = None,
     verbose: bool = True,
     judge_workdir: str | None = None,
+    detector_workdir: str | None = None,
 ) -> dict:
     """`jaxface generate`: returns {'text', 'outputs', 'records', 'directory', ...}.
 
@@ -101,7 +102,8 @@ def generate_command(
     steps overrides the configured number of optimisation steps; strength (default: the config's
     targets.strength) scales the target's departure from the mean activation (see `amplify`).
     layers (reconstruct only): the taps whose true activations are inverted (default: the fitted layer).
-    compare: a JSON file of methods, sets and seeds run side by side with reference rows (generate/compare.py).
+    compare: a JSON file of methods, sets and seeds run side by side with reference rows (generate/compare.py);
+    detector_workdir (compare only): a deepfake detector whose catch rate each row gets.
     judge_workdir (an attribute set, a sweep or a compare): a second attribute classifier whose hit rate, KID and diversity
     the summary adds (generate/judge.py).
     """
@@ -115,6 +117,8 @@ def generate_command(
         raise GenerateError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if name is not None:
         check_name(name)
+    if detector_workdir and compare is None:
+        raise GenerateError("--detector_workdir applies to --compare")
     if judge_workdir and reconstruct is not None:
         raise GenerateError("--judge_workdir applies to --attributes, --sweep and --compare, not to --reconstruct")
     if layers is not None and reconstruct is None:
@@ -132,7 +136,10 @@ def generate_command(
             if compare is not None:
                 from jaxface.generate.compare import run_compare
 
-                result = run_compare(ctx, compare, steps, name, verbose, judge)
+                from jaxface.generate.compare import load_detector
+
+                detector = load_detector(detector_workdir) if detector_workdir else None
+                result = run_compare(ctx, compare, steps, name, verbose, judge, detector)
             elif sweep is not None:
                 result = run_sweep(ctx, sweep, seed, steps, name, verbose, judge)
             else:

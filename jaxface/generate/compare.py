@@ -15,7 +15,9 @@ after Ctrl-C, split over processes). Rows that are not generated, each scored th
   attribute_mean    the mean of up to 64 real faces with the requested attributes, the same for every seed.
 With --judge_workdir each row gets the judge's hit rate, KID against held-out real faces (with the
 real-vs-real floor) and diversity (generate/judge.py); without a judge only the optimised classifier's
-hit rate, which says little about how a face looks.
+hit rate, which says little about how a face looks. With --detector_workdir (a trained deepfake
+detector, e.g. configs/detect/synthfakes_mobilenet.py) each row also gets how often the detector calls its
+images fake (at its calibrated threshold) and its mean p_fake; the real row's is its false-alarm rate.
 
 Outputs in WORKDIR/generate/compare_<name>/: compare.csv and compare.json (one row per method and set,
 and one "all sets" row per method with the means), one grid per set in grids/ (rows: real, the methods
@@ -43,8 +45,9 @@ COMPARE_KEYS = ("sets", "seeds", "methods", "references")
 METHOD_KEYS = tuple(k for k in SWEEP_KEYS if k not in ("attributes", "seeds", "num", "seed"))
 NOISE_SIGMA = 0.1
 ATTRIBUTE_MEAN_FACES = 64
-COLUMNS = ("row", "set", "attributes", "num_images", "hit_rate", "judge_hit_rate", "kid", "kid_se", "kid_floor",
-           "judge_diversity", "real_judge_diversity", "diversity")
+SWEEP_COLUMNS = ("judge_hit_rate", "kid", "kid_se", "kid_floor", "judge_diversity", "real_judge_diversity", "diversity")
+COLUMNS = ("row", "set", "attributes", "num_images", "hit_rate", *SWEEP_COLUMNS, "detector_catch_rate",
+           "detector_mean_p_fake")
 
 
 def read_compare(path) -> dict:
@@ -93,7 +96,17 @@ def _reference_images(ctx: Context, kind: str, seeds, real_pool) -> np.ndarray |
     return np.repeat(mean[None], len(seeds), axis=0)
 
 
-def _score(ctx: Context, images: np.ndarray, indices, judge) -> dict:
+def _detector_figures(detector, images) -> dict:
+    """How often a deepfake detector calls the row's images fake, and its mean p_fake."""
+    if detector is None:
+        return {}
+    from jaxface.evaluate import predict
+
+    p_fake, fake = predict.score_images(detector, images)
+    return {"detector_catch_rate": float(np.mean(fake)), "detector_mean_p_fake": float(np.mean(p_fake))}
+
+
+def _score(ctx: Context, images: np.ndarray, indices, judge, detector=None) -> dict:
     """The figures of a row that was not generated: the classifier's hit rate, the judge's, diversity."""
     _, _, detected = classify_images(ctx.clf, images)
     hits = metrics.hit_rates(detected, [list(indices)] * len(images))
@@ -102,6 +115,7 @@ def _score(ctx: Context, images: np.ndarray, indices, judge) -> dict:
         from jaxface.generate import judge as judge_lib
 
         out.update(judge_lib.judge_set(judge, images, indices))
+    out.update(_detector_figures(detector, images))
     return out
 
 
@@ -145,7 +159,20 @@ def _means(rows: list[dict], label: str) -> dict:
     return out
 
 
-def run_compare(ctx: Context, compare_path, steps, name, verbose, judge=None) -> dict:
+def load_detector(workdir):
+    """A trained deepfake detector (jaxface train on a detect config, or an exported one) for --compare."""
+    from jaxface.train import checkpoint, trainer
+
+    try:
+        setup = trainer.load_for_inference(workdir)
+    except checkpoint.CheckpointError as err:
+        raise GenerateError(f"--detector_workdir: {err}") from None
+    if setup.task.name != "deepfake":
+        raise GenerateError(f"--detector_workdir={workdir} holds a {setup.task.name!r} model, not a deepfake detector")
+    return setup
+
+
+def run_compare(ctx: Context, compare_path, steps, name, verbose, judge=None, detector=None) -> dict:
     from jaxface.data import report as data_report
 
     spec = read_compare(compare_path)
@@ -166,19 +193,21 @@ def run_compare(ctx: Context, compare_path, steps, name, verbose, judge=None) ->
         pool = np.asarray(pool)
         shown = [("real", pool[:n].astype(np.float32) / 255.0)] if len(pool) else []
         if len(pool):
-            rows.append(dict(row="real", set=f"set{s}", attributes=names, **_score(ctx, pool[:n] / 255.0, indices, judge)))
+            rows.append(dict(row="real", set=f"set{s}", attributes=names,
+                             **_score(ctx, pool[:n] / 255.0, indices, judge, detector)))
         for label in spec["labels"]:
             summary = next(x for x in swept["summary"] if x["label"] == f"set{s}_{label}")
             images = swept["images"][summary["label"]]
             shown.append((label, images))
             rows.append(dict(row=label, set=f"set{s}", attributes=names, hit_rate=summary["mean_hit_rate"],
-                             **{c: summary.get(c) for c in COLUMNS[5:]}, num_images=summary["num_images"]))
+                             **{c: summary.get(c) for c in SWEEP_COLUMNS}, num_images=summary["num_images"],
+                             **_detector_figures(detector, images)))
         for kind in spec["references"]:
             images = _reference_images(ctx, kind, spec["seeds"], pool)
             if images is None:
                 continue
             shown.append((kind, images))
-            rows.append(dict(row=kind, set=f"set{s}", attributes=names, **_score(ctx, images, indices, judge)))
+            rows.append(dict(row=kind, set=f"set{s}", attributes=names, **_score(ctx, images, indices, judge, detector)))
         grid = _labelled_grid(shown, cols=n)
         outputs.append(files.save_image(directory / "grids" / f"set{s}_{slug('-'.join(names))}.png", grid))
     order = ["real"] + spec["labels"] + list(spec["references"])
@@ -193,5 +222,6 @@ def run_compare(ctx: Context, compare_path, steps, name, verbose, judge=None) ->
             text.append(f"  {r['row']}: hit rate {r['hit_rate']:.3f}" + (
                 f", judge {r['judge_hit_rate']:.3f}" if r.get("judge_hit_rate") is not None else "") + (
                 f", KID {r['kid']:.4f}" if r.get("kid") is not None else "") + (
-                f", judge diversity {r['judge_diversity']:.3f}" if r.get("judge_diversity") is not None else ""))
+                f", judge diversity {r['judge_diversity']:.3f}" if r.get("judge_diversity") is not None else "") + (
+                f", called fake {r['detector_catch_rate']:.2f}" if r.get("detector_catch_rate") is not None else ""))
     return dict(text="\n".join(text), outputs=outputs, rows=rows, directory=directory, sweep=swept)
