@@ -211,6 +211,11 @@ class PeerWatch:
         except Exception:  # noqa: BLE001 - not posted yet
             return None
 
+    def failure_of(self, j: int) -> str | None:
+        """'process J of N failed: REASON' when peer J posted a failure, else None."""
+        state = self._get(f"{_PEER_KEY}/state/{j}")
+        return f"process {j} of {self.count} {state}" if state is not None and state.startswith("failed") else None
+
     def _stop(self, message: str) -> None:
         import sys
 
@@ -227,12 +232,12 @@ class PeerWatch:
             return
         now = self._time()
         for j, (last, since) in list(self._seen.items()):
-            state = self._get(f"{_PEER_KEY}/state/{j}")
-            if state == "done":
+            if self._get(f"{_PEER_KEY}/state/{j}") == "done":
                 del self._seen[j]
                 continue
-            if state is not None and state.startswith("failed"):
-                self._stop(f"process {j} of {self.count} {state}")
+            failure = self.failure_of(j)
+            if failure is not None:
+                self._stop(failure)
             beat = self._get(f"{_PEER_KEY}/alive/{j}")
             if beat != last:
                 self._seen[j] = (beat, now)
@@ -280,10 +285,10 @@ def lost_peer(err: BaseException | None = None) -> str | None:
     """Why this process cannot go on because of another one, or None: a peer that posted its failure, or
     a collective broken by a peer that went away (`err`, e.g. gloo's "Connection closed by peer")."""
     if _peer_watch is not None:
-        for j in range(_peer_watch.count):
-            state = _peer_watch._get(f"{_PEER_KEY}/state/{j}") if j != _peer_watch.me else None
-            if state is not None and state.startswith("failed"):
-                return f"process {j} of {_peer_watch.count} {state}"
+        failures = [_peer_watch.failure_of(j) for j in range(_peer_watch.count) if j != _peer_watch.me]
+        failure = next((f for f in failures if f is not None), None)
+        if failure is not None:
+            return failure
     text = str(err or "")
     if distributed_started() and any(s in text for s in ("Connection closed by peer", "Connection reset by peer")):
         line = (text.strip().splitlines() or [""])[0]

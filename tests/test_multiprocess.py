@@ -36,7 +36,7 @@ def _env(devices: int) -> dict:
     return env
 
 
-def _run(cmd, devices, out):
+def _run(cmd, devices):
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
@@ -93,12 +93,12 @@ def runs(tmp_path_factory):
         {"attributes": "Male", "seeds": [0, 1, 2]},
         {"attributes": "Smiling, Mouth Open", "seeds": [4, 5], "mode": "sample", "model": "joint"}]))
     py = sys.executable
-    _run([py, str(JOB), str(out), "one:all"], 8, out)
+    _run([py, str(JOB), str(out), "one:all"], 8)
     _cut_back(out / "one", out / "one_to_two")
     launched = _run([LOCAL, f"--logdir={out / 'logs'}", "2", "--", py, str(JOB), str(out), "two:all",
-                     "one_to_two:resume"], 4, out)
+                     "one_to_two:resume"], 4)
     _cut_back(out / "two", out / "two_to_one")
-    _run([py, str(JOB), str(out), "two_to_one:resume"], 8, out)
+    _run([py, str(JOB), str(out), "two_to_one:resume"], 8)
     return out, launched
 
 

@@ -134,9 +134,7 @@ def generate_command(
 
                 judge = judge_lib.load_judge(judge_workdir, ctx.store.schema)
             if compare is not None:
-                from jaxface.generate.compare import run_compare
-
-                from jaxface.generate.compare import load_detector
+                from jaxface.generate.compare import load_detector, run_compare
 
                 detector = load_detector(detector_workdir) if detector_workdir else None
                 result = run_compare(ctx, compare, steps, name, verbose, judge, detector)

@@ -191,10 +191,11 @@ def run_compare(ctx: Context, compare_path, steps, name, verbose, judge=None, de
     for s, (names, indices) in enumerate(resolved):
         pool, _ = data_report.real_faces_with(data_cfg, indices, max(ATTRIBUTE_MEAN_FACES, n))
         pool = np.asarray(pool)
-        shown = [("real", pool[:n].astype(np.float32) / 255.0)] if len(pool) else []
+        shown = []
         if len(pool):
-            rows.append(dict(row="real", set=f"set{s}", attributes=names,
-                             **_score(ctx, pool[:n] / 255.0, indices, judge, detector)))
+            real = pool[:n].astype(np.float32) / 255.0
+            shown.append(("real", real))
+            rows.append(dict(row="real", set=f"set{s}", attributes=names, **_score(ctx, real, indices, judge, detector)))
         for label in spec["labels"]:
             summary = next(x for x in swept["summary"] if x["label"] == f"set{s}_{label}")
             images = swept["images"][summary["label"]]

@@ -150,6 +150,7 @@ def run_sweep(ctx: Context, sweep_path, seed, steps, name, verbose, judge=None, 
     reused = sum(image is not None for image in images)
     if reused and verbose:
         print(f"resuming: {reused} of {len(items)} image(s) already in {partial}", flush=True)
+
     def keep(done):  # after every round: all processes' images, saved by process 0 for a resumed run
         for r, image, rec in done:
             images[r], records[r] = image, rec
