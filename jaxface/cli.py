@@ -332,7 +332,9 @@ def _flags_generate():
                         required=True)
     flags.DEFINE_string("attributes", None, 'Comma-separated attribute names, e.g. "Male,Black Hair,Smiling".')
     flags.DEFINE_integer("num", None, "Images to generate (default 8).")
-    flags.DEFINE_enum("mode", "mean", ["mean", "sample"], "Target: weighted means (report) or samples.")
+    flags.DEFINE_enum("mode", "mean", ["mean", "sample", "edit"],
+                      "Target: the model's mean (report), a sample, or edit (a real held-out face with the "
+                      "attributes, moved along their direction).")
     flags.DEFINE_enum("model", "cgmm", ["cgmm", "joint"], "Target model: the report's cGMM or the joint model.")
     flags.DEFINE_enum("method", "invert", ["invert", "classvis"], "Feature inversion or class visualisation.")
     flags.DEFINE_integer("steps", None, "Optimisation steps (default from the generate config).")

@@ -565,3 +565,47 @@ def test_target_fidelity_measures_the_missed_attribute_signal(fitted_store, stor
     assert joint_err.mean() < cgmm_err.mean()
     rare = targets.target_fidelity(plain_means, [triples[0]], acts, attributes, mask, min_images=10**6)
     assert np.isnan(rare[0]["relative_error"])
+
+
+def test_conditional_image_prior_recovers_what_an_attribute_adds_to_the_image():
+    """Images = background + a * pattern + noise: the conditional prior's mean for a=1 minus that for a=0
+    is the pattern (within the subspace), and an unknown label is imputed with the attribute's rate."""
+    from jaxface.cgmm import image_prior
+
+    rng = np.random.default_rng(0)
+    n, size = 400, 6
+    pattern = rng.uniform(-0.2, 0.2, size=(size, size, 3))
+    attrs = rng.uniform(size=(n, 2)) < 0.5
+    images = 0.5 + attrs[:, 0, None, None, None] * pattern + 0.05 * rng.standard_normal((n, size, size, 3))
+    prior, _ = image_prior.fit_image_prior(images, 20)
+    joint = image_prior.fit_conditional_prior(prior, images, attrs.astype(np.float32), lam=0.0)
+    assert joint.coef.shape == (2, 20) and joint.bias.shape == (20,)
+    on, off = (image_prior.coefficient_image(prior, (joint.coef[0] * a + joint.coef[1] * 0.5 + joint.bias)[None], size, size)
+               for a in (1.0, 0.0))
+    np.testing.assert_allclose(on - off, pattern[None], atol=0.03)
+    # the second attribute is noise: it explains almost nothing
+    assert np.abs(joint.coef[1]).max() < 0.3 * np.abs(joint.coef[0]).max()
+    # a coefficient image is exactly what param='pca' inverts
+    c = image_prior.coefficients(prior, images[:3])
+    np.testing.assert_allclose(image_prior.coefficients(prior, image_prior.coefficient_image(prior, c, size, size)),
+                               c, atol=1e-4)
+    with pytest.raises(image_prior.ImagePriorError, match="one attribute vector per image"):
+        image_prior.fit_conditional_prior(prior, images, attrs[:10].astype(np.float32))
+
+
+def test_store_round_trips_the_conditional_image_prior(fitted_store, tmp_path):
+    from jaxface.cgmm import image_prior
+
+    rng = np.random.default_rng(1)
+    images = rng.uniform(size=(30, 8, 8, 3))
+    k = fitted_store.num_attributes
+    prior, _ = image_prior.fit_image_prior(images, 5)
+    joint = image_prior.fit_conditional_prior(prior, images, (rng.uniform(size=(30, k)) < 0.5).astype(np.float32))
+    with_prior = dataclasses.replace(fitted_store, image_prior=prior, image_size=8, image_joint=joint)
+    store.save_cgmm(tmp_path / "cgmm", with_prior)
+    loaded = store.load_cgmm(tmp_path / "cgmm")
+    for name in ("coef", "bias", "resid_var", "prior_rate", "impute_rate"):
+        np.testing.assert_array_equal(getattr(loaded.image_joint, name), getattr(joint, name))
+    assert loaded.image_joint.num_examples == 30
+    with pytest.raises(store.CGMMStoreError, match="conditional image prior"):
+        dataclasses.replace(fitted_store, image_prior=None, image_size=None, image_joint=joint)

@@ -27,7 +27,7 @@ def test_the_smoke_demo_runs_every_stage_and_writes_one_self_contained_report(de
                                                     "report"]
     assert all(s["seconds"] >= 0 for s in record["stages"])
     sets = {(", ".join(g["attributes"]), g["model"], g["mode"]) for g in record["generated"]}
-    assert len(sets) == (len(demo.SINGLE_SETS) + len(demo.TRIPLE_SETS)) * len(demo.MODELS) * len(demo.MODES)
+    assert len(sets) == (len(demo.SINGLE_SETS) + len(demo.TRIPLE_SETS)) * len(demo.TARGETS)
     for g in record["generated"]:
         assert (workdir / g["directory"] / "grid.png").is_file()
         assert (workdir / g["directory"] / "real.png").is_file() == g["real"]

@@ -88,6 +88,9 @@ def test_fit_writes_the_store_its_metadata_and_the_generate_config(classifier, f
     assert np.all(np.diff(prior.std) <= 1e-6)
     assert 0.9 < report["explained_variance"] <= 1.0 + 1e-9, report
     assert "image prior (param='pca')" in text
+    # its attribute-conditional form, fitted on the same images
+    assert meta["image_joint"]["num_examples"] == 256 and loaded.image_joint.dim == prior.components
+    assert 0.0 <= report["conditional_explained"] < 1.0 and "(conditional prior)" in text
 
 
 def test_image_prior_is_the_pca_of_the_first_training_images(classifier, tmp_path):

@@ -264,7 +264,7 @@ def test_pca_without_a_fitted_image_prior_is_refused_with_the_remedy(workdir, tm
     config["generate"]["classifier_workdir"] = str(workdir)
     (other / "cgmm" / "config.json").write_text(json.dumps(config))
     fitted = store_lib.load_cgmm(other / "cgmm")
-    fitted.image_prior, fitted.image_size = None, None
+    fitted.image_prior, fitted.image_size, fitted.image_joint = None, None, None
     store_lib.save_cgmm(other / "cgmm", fitted)
     with pytest.raises(gen_settings.GenerateError, match=r"param='pca' needs the image prior.*prior_components > 0"):
         gen.generate_command(other, attributes="Male", num=1, verbose=False)
@@ -280,3 +280,86 @@ def test_strength_scales_the_targets_departure_from_the_mean_activation(workdir)
     mean = np.asarray(ctx.store.overall_mean, np.float32)
     np.testing.assert_allclose(doubled, np.maximum(mean + 2.0 * (base - mean), 0.0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(doubled, base)
+
+
+def test_edit_starts_from_held_out_exemplars_and_other_items_of_its_batch_are_unchanged(workdir):
+    from jaxface.cgmm import image_prior
+    from jaxface.generate import rendering, starts
+
+    ctx = gen_targets.load_context(workdir)
+    names, indices = gen_targets.resolve_set(ctx.store, "Male")
+    base = gen_settings.settings_from_config(ctx.config, "invert")
+    edit_settings = starts.item_settings(base, "edit")
+    assert (edit_settings.init, edit_settings.noise_std, edit_settings.param, edit_settings.steps) == (
+        "exemplar", 0.0, "pixels", 100)
+    assert starts.item_settings(base, "edit", {"noise_std": 0.3}).noise_std == base.noise_std
+    assert starts.item_settings(base, "sample") == base
+    pool = starts.exemplar_pool(ctx, indices)
+    assert len(pool) > 0
+    # An edit with (almost) no optimisation is its exemplar: in pixels exactly, with param='pca' its
+    # projection on the prior's subspace, where the prior is centred
+    still = {"steps": 1, "lr": 1e-6, "jitter": 0, "blur_every": 0}
+    prior, size = ctx.store.image_prior, ctx.clf.input_size
+    for overrides in ({}, {"param": "pca"}):
+        settings = starts.item_settings(base.replace({**still, **overrides}), "edit", overrides)
+        edit = [gen_targets.Item(0, names, indices, s, "edit", "joint", "invert", settings, 3.0) for s in (0, 1)]
+        rendered = rendering.render_items(ctx, edit, verbose=False)
+        start, extra = starts.item_starts(ctx, settings, edit)
+        for row, seed in enumerate((0, 1)):
+            exemplar = pool[seed % len(pool)]
+            np.testing.assert_allclose(start[row], exemplar)
+            if overrides:
+                exemplar = np.clip(image_prior.coefficient_image(
+                    prior, image_prior.coefficients(prior, exemplar[None]), size, size)[0], 0, 1)
+                np.testing.assert_allclose(extra["prior_mean"][row], image_prior.coefficients(prior, pool[seed % len(pool)][None])[0], atol=1e-5)
+            else:
+                assert extra == {}
+            np.testing.assert_allclose(rendered["images"][row], exemplar, atol=2e-3)
+    # its target: the exemplar's activation plus strength x (the model's mean target - the mean activation)
+    feats = rendering.classify_images(ctx.clf, pool[:1])[0]
+    item = lambda seed, mode: gen_targets.Item(0, names, indices, seed, mode, "joint", "invert",  # noqa: E731
+                                               edit_settings, 3.0)
+    plain = gen_targets.Item(0, names, indices, 0, "mean", "joint", "invert", edit_settings, 1.0)
+    t_mean = gen_targets.item_targets(ctx, [plain])[0]
+    t_edit = gen_targets.item_targets(ctx, [item(0, "edit")], feats)[0]
+    np.testing.assert_allclose(t_edit, np.maximum(feats[0] + 3.0 * (t_mean - ctx.store.overall_mean), 0.0),
+                               rtol=1e-5, atol=1e-5)
+    # a mean-target item batched with an edit (settings shared) starts where it would alone
+    shared = lambda seed, mode: gen_targets.Item(0, names, indices, seed, mode, "joint", "invert", base, 3.0)  # noqa: E731
+    mixed = rendering.render_items(ctx, [shared(5, "mean"), shared(0, "edit")], verbose=False)
+    alone = rendering.render_items(ctx, [shared(5, "mean")], verbose=False)
+    np.testing.assert_allclose(mixed["images"][0], alone["images"][0], atol=1e-5)
+    result = gen.generate_command(workdir, attributes="Male", num=2, mode="edit", model="joint", steps=2,
+                                  verbose=False)
+    assert all(r["settings"]["mode"] == "edit" and r["settings"]["init"] == "exemplar" and r["settings"]["steps"] == 2
+               for r in read_results(result))
+
+
+def test_the_conditional_prior_starts_from_its_mean_for_the_request_and_refuses_what_it_cannot_do(workdir, tmp_path):
+    from jaxface.cgmm import image_prior
+    from jaxface.generate import rendering, starts
+
+    ctx = gen_targets.load_context(workdir)
+    assert ctx.store.image_joint is not None and ctx.store.image_joint.dim == ctx.store.image_prior.components
+    names, indices = gen_targets.resolve_set(ctx.store, "Male, Smiling")
+    settings = gen_settings.settings_from_config(ctx.config, "invert").replace(
+        {"prior": "conditional", "steps": 1, "lr": 1e-6, "jitter": 0, "blur_every": 0, "noise_std": 0.0})
+    items = [gen_targets.Item(0, names, indices, 0, "mean", "joint", "invert", settings, 1.0)]
+    mean, std = starts.conditional_prior(ctx, items)
+    assert np.all(std > 0) and np.all(std <= 1.5)
+    rendered = rendering.render_items(ctx, items, verbose=False)
+    size = ctx.clf.input_size
+    np.testing.assert_allclose(
+        rendered["images"][0], np.clip(image_prior.coefficient_image(ctx.store.image_prior, mean, size, size)[0], 0, 1),
+        atol=2e-3)
+    with pytest.raises(gen_settings.GenerateError, match="prior='conditional' is a prior on param='pca'"):
+        settings.replace({"param": "fft", "prior_weight": 0.0})
+    with pytest.raises(gen_settings.GenerateError, match="prior='bogus'; valid: global, conditional"):
+        settings.replace({"prior": "bogus"})
+    with pytest.raises(gen_settings.GenerateError, match="init='x'; valid: noise, mean, exemplar"):
+        settings.replace({"init": "x"})
+    ctx.store.image_joint = None
+    with pytest.raises(gen_settings.GenerateError, match="conditional image prior, which this fitted model lacks.*rerun fit-cgmm"):
+        starts.conditional_prior(ctx, items)
+    with pytest.raises(gen_settings.GenerateError, match="unknown mode 'edits'; valid: mean, sample, edit"):
+        gen.generate_command(workdir, attributes="Male", num=1, mode="edits", verbose=False)

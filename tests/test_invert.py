@@ -360,3 +360,17 @@ def test_bad_options_raise_clear_errors(problem):
             lambda x: [x.mean(axis=(1, 2))], np.zeros((4, 2), np.int32), key=jax.random.key(0), steps=1,
             size=SIZE,
         )
+
+
+def test_coefficient_prior_centred_per_item():
+    params = jnp.asarray([[1.0, 2.0], [0.0, -2.0]])
+    targets = {"m": jnp.asarray([[1.0, 0.0], [0.0, 0.0]]), "s": jnp.asarray([[1.0, 2.0], [1.0, 0.5]])}
+    inputs = objectives.ObjectiveInputs(None, None, targets, params)
+    total, _ = objectives.coefficient_prior().evaluate(inputs)
+    np.testing.assert_allclose(total, [2.5, 2.0])
+    total, _ = objectives.coefficient_prior(mean_key="m", std_key="s").evaluate(inputs)
+    np.testing.assert_allclose(total, [0.5, 8.0])  # ((0, 1)^2 / 2, (0, 4)^2 / 2)
+    with pytest.raises(objectives.ObjectiveError, match="both mean_key and std_key"):
+        objectives.coefficient_prior(mean_key="m")
+    with pytest.raises(objectives.ObjectiveError, match="needs targets\\['m'\\]"):
+        objectives.coefficient_prior(mean_key="m", std_key="s").evaluate(objectives.ObjectiveInputs(None, None, {}, params))

@@ -22,7 +22,10 @@ def get_config():
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 2e-3
     config.optimizer.weight_decay = 1e-4
-    config.num_train_steps = 600
+    # 3,000 steps (8 min on 2 cores): test accuracy 0.964, Smiling 0.888. At 600 steps (0.904, Smiling
+    # 0.61) it read the requested attributes in only 0.70 of real faces, too weak to judge by. `make demo`
+    # trains it 500 steps to fit its time budget.
+    config.num_train_steps = 3000
     config.eval_every_steps = 0
-    config.checkpoint_every_steps = 300
+    config.checkpoint_every_steps = 1000
     return config

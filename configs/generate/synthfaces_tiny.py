@@ -61,9 +61,14 @@ def get_config():
     # pixels | fft (1/f spectrum with colour decorrelation, the report's kind of image) | pca
     inv.param = "pca"
     inv.prior_weight = 0.1  # pca: weight of the prior's mean squared coefficient
+    # pca: global (the Gaussian of every training face) | conditional (its Gaussian given the requested
+    # attributes: start and penalty centre carry the attributes; README "Face generation")
+    inv.prior = "global"
     inv.pixel_mode = "sigmoid"  # for param=pixels: sigmoid | clip | free
     inv.decay_power = 1.0
-    inv.init = "noise"  # noise (the report's start) | mean (the dataset mean image, a face prior)
+    # noise (the report's start; with param=pca, the prior's mean plus noise) | mean (the dataset mean
+    # image) | exemplar (a real held-out face with the requested attributes, edited towards the target)
+    inv.init = "noise"
     inv.noise_std = 0.5  # per pixel (pixels, fft) or per unit-variance pca coefficient
     inv.jitter = 2  # pixels of random translation per step
     inv.pad = 0

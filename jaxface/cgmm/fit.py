@@ -300,7 +300,7 @@ def fit_cgmm(config, workdir) -> dict:
         joint_acc = joint_lib.JointStats(k, d, mesh=setup.mesh)
         state, joint_state = acc.init(), joint_acc.init()
         image_sum, image_count = 0.0, 0.0
-        prior_images, prior_count = [], 0
+        prior_images, prior_labels, prior_masks, prior_count = [], [], [], 0
         for b in activation_batches(setup, cfg, s["split"], train_source, tap, tap_state, s["layer"]):
             if subset is not None and b["index"] is None:
                 raise FitConfigError("generate.subset_size needs example indices, which this data source lacks")
@@ -311,19 +311,27 @@ def fit_cgmm(config, workdir) -> dict:
             total, count = _image_sum(b["image"], b["valid"])
             image_sum, image_count = image_sum + total, image_count + count
             if prior_count < s["prior_examples"] and s["prior_components"] > 0:
-                images = _host_rows(b["image"])[_host_rows(b["valid"])]
-                prior_images.append(images[: s["prior_examples"] - prior_count])
+                valid, room = _host_rows(b["valid"]), s["prior_examples"] - prior_count
+                prior_images.append(_host_rows(b["image"])[valid][:room])
+                prior_labels.append(_host_rows(b["attributes"])[valid][:room])
+                prior_masks.append(_host_rows(b["attribute_mask"])[valid][:room])
                 prior_count += len(prior_images[-1])
         stats = acc.finalize(state, min_count=s["min_count"])
         joint = joint_acc.finalize(joint_state, lam=s["joint_lam"])
         mean_image = np.asarray(image_sum) / max(float(image_count), 1.0)
         timings["statistics_s"] = time.perf_counter() - start
-        image_prior, prior_report = None, None
+        image_prior, prior_report, image_joint = None, None, None
         if s["prior_components"] > 0:
             start = time.perf_counter()
             try:
-                image_prior, prior_report = image_prior_lib.fit_image_prior(
-                    np.concatenate(prior_images), s["prior_components"])
+                images = np.concatenate(prior_images)
+                image_prior, prior_report = image_prior_lib.fit_image_prior(images, s["prior_components"])
+                image_joint = image_prior_lib.fit_conditional_prior(
+                    image_prior, images, np.concatenate(prior_labels), np.concatenate(prior_masks),
+                    lam=s["joint_lam"])
+                # How much of the pixel variance in the subspace the attributes explain.
+                var = np.asarray(image_prior.std, np.float64) ** 2
+                prior_report["conditional_explained"] = float(1.0 - np.sum(var * image_joint.resid_var) / np.sum(var))
             except image_prior_lib.ImagePriorError as e:
                 raise FitConfigError(f"cannot fit the image prior: {e}") from None
             timings["image_prior_s"] = time.perf_counter() - start
@@ -397,6 +405,7 @@ def fit_cgmm(config, workdir) -> dict:
         layer=s["layer"], layer_shape=layer_shape, schema=schema, stats=stats, weight_fit=fit,
         joint=joint, source_checkpoint=source_checkpoint, extra=extra,
         image_prior=image_prior, image_size=int(setup.model.input_size) if image_prior is not None else None,
+        image_joint=image_joint,
     )
     return dict(store=store, mean_image=mean_image.astype(np.float32), counts=counts, settings=s,
                 fit=fit, extra=extra)
@@ -452,7 +461,9 @@ def summary_text(result: dict, directory: pathlib.Path) -> str:
     prior = extra.get("image_prior")
     if prior:
         lines.append(f"  image prior (param='pca'): {prior['components']} components of {prior['num_images']} "
-                     f"images explain {100 * prior['explained_variance']:.1f}% of the pixel variance")
+                     f"images explain {100 * prior['explained_variance']:.1f}% of the pixel variance"
+                     + (f"; the attributes explain {100 * prior['conditional_explained']:.1f}% of their "
+                        "subspace's pixel variance (conditional prior)" if "conditional_explained" in prior else ""))
     lines.append(f"  written to {directory}")
     return "\n".join(lines)
 

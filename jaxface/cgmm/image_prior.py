@@ -1,11 +1,15 @@
 """The image prior: a linear-Gaussian model of images (the principal subspace of real faces), fitted in
 closed form like the cGMM's statistics, stored with them, and used by `invert.param`'s 'pca'
-parameterisation and its coefficient penalty."""
+parameterisation and its coefficient penalty; and its attribute-conditional form (the joint model of
+joint.py written for the prior's coefficients: c | a ~ N(a W + b, diag(s^2))), so that an inversion can
+start from, and be held near, the faces that carry the requested attributes (`invert.prior='conditional'`)."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from jaxface.cgmm import joint as joint_lib
 
 
 class ImagePriorError(ValueError):
@@ -70,3 +74,32 @@ def fit_image_prior(images: Any, components: int) -> tuple[ImagePrior, dict]:
     report = dict(num_images=n, components=keep, explained_variance=float(np.sum(eigval[:keep]) / total)
                   if total > 0 else 1.0)
     return prior, report
+
+
+def coefficients(prior: ImagePrior, images: Any) -> np.ndarray:
+    """(N, H, W, 3) images -> (N, K) coefficients in units of each component's standard deviation."""
+    x = np.asarray(images, np.float64).reshape(len(images), -1) - np.asarray(prior.mean, np.float64)
+    return (x @ np.asarray(prior.basis, np.float64).T / np.asarray(prior.std, np.float64)).astype(np.float32)
+
+
+def coefficient_image(prior: ImagePrior, coefs: Any, height: int, width: int) -> np.ndarray:
+    """(N, K) coefficients -> (N, H, W, 3) images, not clipped (param='pca' inverts them exactly)."""
+    c = np.asarray(coefs, np.float64)
+    if c.ndim != 2:
+        raise ImagePriorError(f"coefficients must be (N, {prior.components}), got shape {c.shape}")
+    c = c * np.asarray(prior.std, np.float64)
+    flat = np.asarray(prior.mean, np.float64) + c @ np.asarray(prior.basis, np.float64)
+    return flat.reshape(len(c), int(height), int(width), 3).astype(np.float32)
+
+
+def fit_conditional_prior(prior: ImagePrior, images: Any, attributes: Any, attribute_mask: Any = None,
+                          lam: float = joint_lib.DEFAULT_JOINT_LAMBDA) -> joint_lib.JointModel:
+    """The joint linear-Gaussian model of the prior's coefficients given the attribute vector, in closed
+    form (ridge, as joint.py fits activations): what the requested attributes say about the image."""
+    attributes = np.asarray(attributes, np.float32)
+    if attributes.ndim != 2 or len(attributes) != len(images):
+        raise ImagePriorError(f"need one attribute vector per image, got {attributes.shape} for {len(images)} images")
+    coefs = coefficients(prior, images)
+    acc = joint_lib.JointStats(attributes.shape[1], coefs.shape[1])
+    state = acc.update(acc.init(), coefs, attributes, attribute_mask)
+    return acc.finalize(state, lam=lam)

@@ -51,6 +51,8 @@ class CGMMStore:
     extra: dict = dataclasses.field(default_factory=dict)
     image_prior: ImagePrior | None = None  # PCA of the training images at the classifier's input size
     image_size: int | None = None  # that input size
+    # The prior's coefficients given the attribute vector (image_prior.fit_conditional_prior)
+    image_joint: JointModel | None = None
 
     def __post_init__(self):
         self.schema = get_schema(self.schema)
@@ -76,6 +78,12 @@ class CGMMStore:
                 raise CGMMStoreError(
                     f"image prior arrays (mean {np.shape(p.mean)}, basis {np.shape(p.basis)}, std "
                     f"{np.shape(p.std)}) do not describe {size}x{size}x3 images")
+        if self.image_joint is not None and (
+                self.image_prior is None or self.image_joint.dim != self.image_prior.components
+                or self.image_joint.num_attributes != k):
+            raise CGMMStoreError(
+                f"the conditional image prior ({np.shape(self.image_joint.coef)}) does not match the image "
+                f"prior's components and the {k} attributes")
 
     @property
     def num_attributes(self) -> int:
@@ -150,6 +158,8 @@ def save_cgmm(directory: str | os.PathLike, store: CGMMStore) -> dict[str, str]:
         arrays.update({k: np.asarray(v, np.float32) for k, v in store.joint.arrays().items()})
     if store.image_prior is not None:
         arrays.update({f"prior_{k}": np.asarray(v, np.float32) for k, v in store.image_prior._asdict().items()})
+    if store.image_joint is not None:
+        arrays.update({f"prior_{k}": np.asarray(v, np.float32) for k, v in store.image_joint.arrays().items()})
     names = store.schema.attribute_names
     metadata = dict(
         format_version=FORMAT_VERSION,
@@ -172,6 +182,9 @@ def save_cgmm(directory: str | os.PathLike, store: CGMMStore) -> dict[str, str]:
         image_prior=None
         if store.image_prior is None
         else dict(components=store.image_prior.components, image_size=int(store.image_size)),
+        image_joint=None
+        if store.image_joint is None
+        else dict(lam=store.image_joint.lam, num_examples=store.image_joint.num_examples),
         arrays=sorted(arrays),
     )
     npz_path = directory / ARRAYS_FILE
@@ -228,6 +241,13 @@ def load_cgmm(directory: str | os.PathLike) -> CGMMStore:
         if metadata.get("image_prior") is not None:
             image_prior = ImagePrior(*(arrays[f"prior_{k}"] for k in ImagePrior._fields))
             image_size = int(metadata["image_prior"]["image_size"])
+        image_joint = None
+        if metadata.get("image_joint") is not None:
+            image_joint = JointModel(
+                coef=arrays["prior_joint_coef"], bias=arrays["prior_joint_bias"],
+                resid_var=arrays["prior_joint_resid_var"], prior_rate=arrays["prior_joint_prior_rate"],
+                impute_rate=arrays["prior_joint_impute_rate"], lam=float(metadata["image_joint"]["lam"]),
+                num_examples=int(metadata["image_joint"]["num_examples"]))
         return CGMMStore(
             layer=metadata["layer"],
             layer_shape=tuple(metadata["layer_shape"]),
@@ -248,6 +268,7 @@ def load_cgmm(directory: str | os.PathLike) -> CGMMStore:
             extra=metadata.get("extra") or {},
             image_prior=image_prior,
             image_size=image_size,
+            image_joint=image_joint,
         )
     except CGMMStoreError as e:
         raise CGMMStoreError(f"{directory}: inconsistent model: {e}") from None
@@ -267,6 +288,7 @@ def store_from_fit(
     extra: dict | None = None,
     image_prior: ImagePrior | None = None,
     image_size: int | None = None,
+    image_joint: JointModel | None = None,
 ) -> CGMMStore:
     """Assemble a CGMMStore from `fit_attribute_stats` and `weights.fit_weights` results."""
     k = np.shape(stats["mean"])[0]
@@ -308,4 +330,5 @@ def store_from_fit(
         extra=extra or {},
         image_prior=image_prior,
         image_size=image_size,
+        image_joint=image_joint,
     )

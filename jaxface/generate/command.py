@@ -36,14 +36,15 @@ from jaxface.generate.output import GENERATE_DIR, check_name, set_line, slug, wr
 from jaxface.generate.rendering import chunk_plan, render_shared
 from jaxface.generate.settings import GenerateError, MAX_SEED, METHODS, settings_from_config
 from jaxface.generate.sweep import run_sweep
+from jaxface.generate import starts
 from jaxface.generate.targets import (
-    Context, Item, check_choice, check_strength, default_strength, load_context, resolve_set, seeds_for,
+    MODES, Context, Item, check_choice, check_strength, default_strength, load_context, resolve_set, seeds_for,
 )
 
 
 def generate_set(ctx: Context, attributes, num, mode, model, method, steps, seed, name, strength, verbose,
                  judge=None) -> dict:
-    check_choice("mode", mode, targets_lib.MODES)
+    check_choice("mode", mode, MODES)
     check_choice("model", model, targets_lib.MODELS)
     check_choice("method", method, METHODS)
     names, indices = resolve_set(ctx.store, attributes)
@@ -53,6 +54,7 @@ def generate_set(ctx: Context, attributes, num, mode, model, method, steps, seed
     settings = settings_from_config(ctx.config, method)
     if steps is not None:
         settings = settings.replace({"steps": steps}, "--steps")
+    settings = starts.item_settings(settings, mode, None if steps is None else {"steps": steps})
     strength = default_strength(ctx) if strength is None else check_strength(strength, "--strength")
     items = [Item(0, names, indices, s, mode, model, method, settings, strength) for s in seeds]
     default = f"{slug('-'.join(names))}_{method}" + (f"_{model}_{mode}" if method == "invert" else "") + f"_s{seed}"

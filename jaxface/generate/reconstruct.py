@@ -78,6 +78,8 @@ def reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose, layer
     image = imageio.center_crop_resize(decoded, size).astype(np.float32) / 255.0
     seeds = seeds_for(None, 1 if num is None else num, seed, "reconstruct")
     settings = settings_from_config(ctx.config, "invert")
+    # A reconstruction requests no attributes: it starts from, and is held by, the prior of every face.
+    settings = settings.replace({"prior": "global", "init": "noise" if settings.init == "exemplar" else settings.init})
     if steps is not None:
         settings = settings.replace({"steps": steps}, "--steps")
     true_feats, true_probs, true_detected = classify_images(ctx.clf, image[None])

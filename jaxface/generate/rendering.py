@@ -11,9 +11,11 @@ import numpy as np
 from jaxface import parallel
 from jaxface.cgmm import fit as fit_lib
 from jaxface.evaluate import generation as metrics
+from jaxface.generate import starts
 from jaxface.generate.classifier import classify_images, classify_targets
 from jaxface.generate.settings import GenerateError, Settings
 from jaxface.generate.targets import Context, Item, head_targets, item_targets
+from jaxface.invert import objectives as obj_lib
 from jaxface.invert import render
 
 
@@ -66,10 +68,23 @@ def render_items(ctx: Context, items: Sequence[Item], *, verbose: bool = True, l
         seeds = [i.seed for i in chunk]
         tag = f"{label or method} [{start + 1}-{start + len(chunk)} of {len(items)}]"
         kwargs = render_kwargs(ctx, settings, seeds, progress_printer(tag, settings.steps, verbose))
-        t = item_targets(ctx, chunk)
+        start_images, prior_targets = starts.item_starts(ctx, settings, chunk)
+        if start_images is not None:
+            kwargs["init_image"] = start_images
+        extra = {}
+        if prior_targets:  # a per-item centre (the conditional prior, an edit's exemplar) replaces the global one
+            kwargs["prior_weight"] = 0.0
+            extra = dict(extra_objective=settings.prior_weight * obj_lib.coefficient_prior(
+                mean_key="prior_mean", std_key="prior_std"), extra_targets=prior_targets)
+        edit_feats = None
+        if any(i.mode == "edit" for i in chunk):
+            edit_feats = classify_images(ctx.clf, start_images)[0]
+        t = item_targets(ctx, chunk, edit_feats)
         try:
             if method == "invert":
-                result = render.invert(ctx.clf.feature_model, jnp.asarray(t), **kwargs)
+                result = render.invert(ctx.clf.feature_model, jnp.asarray(t), **kwargs, **extra)
+            elif extra:
+                raise GenerateError("prior='conditional' is a prior for method 'invert'; classvis takes 'global'")
             else:
                 schema = ctx.store.schema
                 heads = np.stack([head_targets(schema, i.indices) for i in chunk])

@@ -9,6 +9,8 @@ from jaxface.invert import param as param_lib
 
 METHODS = ("invert", "classvis")
 PARAMS = param_lib.PARAM_KINDS
+INITS = ("noise", "mean", "exemplar")
+PRIORS = ("global", "conditional")
 DEFAULT_NUM = 8
 MAX_SEED = 2**32 - 1
 
@@ -41,6 +43,9 @@ class Settings:
     l2_weight: float = 0.0
     range_weight: float = 0.0
     prior_weight: float = 0.0  # param='pca': weight of the Gaussian prior on the coefficients
+    # param='pca': 'global' (every training face) or 'conditional' (the faces with the requested
+    # attributes: the prior's Gaussian given the attribute vector is the start and the penalty's centre)
+    prior: str = "global"
     head_mode: str = "log_prob"
     loop: str = "auto"
     chunk: int = 0
@@ -84,8 +89,13 @@ class Settings:
             raise GenerateError(f"{where}: steps must be at least 1, got {self.steps}")
         if not self.lr > 0:
             raise GenerateError(f"{where}: lr must be > 0, got {self.lr}")
-        if self.init not in ("noise", "mean"):
-            raise GenerateError(f"{where}: init={self.init!r}; valid: noise, mean")
+        if self.init not in INITS:
+            raise GenerateError(f"{where}: init={self.init!r}; valid: {', '.join(INITS)}")
+        if self.prior not in PRIORS:
+            raise GenerateError(f"{where}: prior={self.prior!r}; valid: {', '.join(PRIORS)}")
+        if self.prior == "conditional" and self.param != "pca":
+            raise GenerateError(f"{where}: prior='conditional' is a prior on param='pca' coefficients; "
+                                f"param={self.param!r} has none")
         if self.max_batch < 1:
             raise GenerateError(f"{where}: max_batch must be at least 1, got {self.max_batch}")
         if self.noise_std < 0:

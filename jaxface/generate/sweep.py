@@ -26,8 +26,9 @@ from jaxface.evaluate import generation as metrics
 from jaxface.generate.output import GENERATE_DIR, check_name, read_json, set_line, slug, write_images
 from jaxface.generate.rendering import chunk_plan, render_shared
 from jaxface.generate.settings import GenerateError, METHODS, settings_from_config
+from jaxface.generate import starts
 from jaxface.generate.targets import (
-    Context, Item, check_choice, check_strength, default_strength, resolve_set, seeds_for,
+    MODES, Context, Item, check_choice, check_strength, default_strength, resolve_set, seeds_for,
 )
 
 
@@ -61,7 +62,7 @@ def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None,
         if unknown:
             raise GenerateError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(SWEEP_KEYS)}")
         method = check_choice("method", entry.get("method", "invert"), METHODS)
-        mode = check_choice("mode", entry.get("mode", "mean"), targets_lib.MODES)
+        mode = check_choice("mode", entry.get("mode", "mean"), MODES)
         model = check_choice("model", entry.get("model", "cgmm"), targets_lib.MODELS)
         if model == "joint" and ctx.store.joint is None:
             raise GenerateError(f"{where}: this fitted model has no joint model")
@@ -78,7 +79,7 @@ def read_sweep(ctx: Context, sweep_path, seed: int, steps: int | None,
             overrides["steps"] = entry["steps"]
         elif steps is not None and "steps" not in overrides:
             overrides["steps"] = steps
-        settings = settings.replace(overrides, f"{where} settings")
+        settings = starts.item_settings(settings.replace(overrides, f"{where} settings"), mode, overrides)
         label = str(entry.get("label") or f"{n:03d}_{slug('-'.join(names))}_{method}"
                     + (f"_{model}_{mode}" if method == "invert" else ""))
         check_name(label)

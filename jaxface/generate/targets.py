@@ -21,6 +21,9 @@ from jaxface.generate.settings import DEFAULT_NUM, GenerateError, MAX_SEED, Sett
 
 
 _TARGET_STREAM = 1  # fold_in tag of the target-sampling stream (kept apart from init/jitter)
+# mean / sample: the target model's mean or a draw (cgmm/targets.py); edit: a real exemplar's own
+# activation plus the requested attributes' direction (item_targets), starting from that exemplar (starts.py).
+MODES = targets_lib.MODES + ("edit",)
 
 
 # -------------------------------------------------------------------------------------- context
@@ -31,6 +34,7 @@ class Context:
     store: store_lib.CGMMStore
     clf: Classifier
     mean_image: np.ndarray  # (S, S, 3) float32
+    exemplars: dict = dataclasses.field(default_factory=dict)  # attribute indices -> real faces (starts.py)
 
 
 def load_context(workdir) -> Context:
@@ -134,13 +138,18 @@ def seeds_for(seeds, num, seed, where: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------- targets
-def item_targets(ctx: Context, items: Sequence[Item]) -> np.ndarray:
-    """(B, D) target activations, each from its item's own seed (independent of the batch)."""
+def item_targets(ctx: Context, items: Sequence[Item], exemplar_features: np.ndarray | None = None) -> np.ndarray:
+    """(B, D) target activations, each from its item's own seed (independent of the batch).
+
+    mode='edit' items need `exemplar_features`, (B, D) activations of their start images (rows of other
+    items are ignored): their target is phi(exemplar) + strength (T - m), T the model's mean target and m
+    the dataset mean activation, so the exemplar keeps what makes it one face and gains the attributes.
+    """
     store = ctx.store
     out = np.zeros((len(items), store.dim), np.float32)
     groups = collections.defaultdict(list)
     for row, item in enumerate(items):
-        groups[(item.model, item.mode)].append(row)
+        groups[(item.model, "mean" if item.mode == "edit" else item.mode)].append(row)
     for (model, mode), rows in groups.items():
         keys = jnp.stack([jax.random.fold_in(jax.random.key(items[r].seed), _TARGET_STREAM) for r in rows])
         if model == "cgmm":
@@ -161,8 +170,15 @@ def item_targets(ctx: Context, items: Sequence[Item]) -> np.ndarray:
                 jnp.asarray(vectors), keys, mode=mode)
         out[rows] = np.asarray(t)
     strength = np.asarray([item.strength for item in items], np.float32)[:, None]
-    if np.any(strength != 1.0):
-        out = amplify(out, store.overall_mean, strength)
+    edit = np.asarray([item.mode == "edit" for item in items])
+    if np.any(strength[~edit] != 1.0):
+        out[~edit] = amplify(out[~edit], store.overall_mean, strength[~edit])
+    if edit.any():
+        if exemplar_features is None or store.overall_mean is None:
+            raise GenerateError("mode='edit' needs the exemplars' activations and the dataset mean activation "
+                                "(a model fitted before it existed lacks the latter: rerun fit-cgmm)")
+        direction = out[edit] - np.asarray(store.overall_mean, np.float32)[None]
+        out[edit] = np.maximum(np.asarray(exemplar_features, np.float32)[edit] + strength[edit] * direction, 0.0)
     if not np.all(np.isfinite(out)):
         raise GenerateError("the target activations are not finite: the fitted model is damaged; rerun fit-cgmm")
     return out

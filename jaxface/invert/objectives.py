@@ -260,16 +260,29 @@ def pixel_range(low: float = 0.0, high: float = 1.0, name: str = "pixel_range") 
 
 @dataclasses.dataclass(frozen=True)
 class _CoefficientPrior:
+    mean_key: str | None = None
+    std_key: str | None = None
+
     def __call__(self, inputs: ObjectiveInputs) -> jax.Array:
         if inputs.params is None:
             raise ObjectiveError("coefficient_prior needs the parameters (ObjectiveInputs.params)")
-        return _per_item_mean(jnp.square(inputs.params))
+        z = inputs.params
+        if self.mean_key is not None:
+            z = (z - _target(inputs, self.mean_key)) / _target(inputs, self.std_key)
+        return _per_item_mean(jnp.square(z))
 
 
-def coefficient_prior(name: str = "coefficient_prior") -> Objective:
+def coefficient_prior(name: str = "coefficient_prior", *, mean_key: str | None = None,
+                      std_key: str | None = None) -> Objective:
     """Mean squared parameter: with param='pca' (unit-variance coefficients) this is the negative
-    log-likelihood of the image under the prior's Gaussian model, up to scale and a constant."""
-    return term(name, _CoefficientPrior())
+    log-likelihood of the image under the prior's Gaussian model, up to scale and a constant.
+
+    With mean_key and std_key, a per-item Gaussian N(targets[mean_key], diag(targets[std_key]^2)) instead:
+    the attribute-conditional prior (cgmm.image_prior.fit_conditional_prior) of each item's request.
+    """
+    if (mean_key is None) != (std_key is None):
+        raise ObjectiveError("coefficient_prior needs both mean_key and std_key, or neither")
+    return term(name, _CoefficientPrior(mean_key, std_key))
 
 
 def regularizers(tv_weight: float = 0.0, l2_weight: float = 0.0, range_weight: float = 0.0) -> Objective:

@@ -569,6 +569,7 @@ def invert(
     l2_weight: float = 0.0,
     range_weight: float = 0.0,
     extra_objective: obj_lib.Objective | None = None,
+    extra_targets: Mapping[str, Any] | None = None,
     **kwargs,
 ) -> InversionResult:
     """Feature inversion: x* = argmin ||T - phi(x)||^2 / ||T||^2 + R(x) for a batch of targets.
@@ -576,15 +577,19 @@ def invert(
     model: phi, as a callable images -> activations or (apply_fn, state) (see `optimize`); its output
     must have the structure and shapes of `targets` (an array or pytree with leading axis B) for
     images of `size`. R is tv_weight * TV + l2_weight * L2 + range_weight * range (+ extra_objective);
-    blur, jitter and the rest of the settings are `optimize`'s keyword arguments.
+    blur, jitter and the rest of the settings are `optimize`'s keyword arguments. extra_targets: more
+    per-item arrays for extra_objective's terms (e.g. a conditional coefficient prior's mean and std).
     Returns images, the final objective and the normalised feature error per item.
     """
     objective = obj_lib.feature_match("features", name="feature_match")
     objective = objective + obj_lib.regularizers(tv_weight, l2_weight, range_weight)
     if extra_objective is not None:
         objective = objective + extra_objective
+    extra_targets = dict(extra_targets or {})
+    if "features" in extra_targets:
+        raise RenderError("extra_targets cannot replace 'features', the inversion's own target")
     return optimize(
-        model, objective, {"features": targets}, key=key, steps=steps, size=size,
+        model, objective, {"features": targets, **extra_targets}, key=key, steps=steps, size=size,
         feature_target_key="feature_match", **kwargs,
     )
 
