@@ -352,6 +352,14 @@ def test_the_conditional_prior_starts_from_its_mean_for_the_request_and_refuses_
     np.testing.assert_allclose(
         rendered["images"][0], np.clip(image_prior.coefficient_image(ctx.store.image_prior, mean, size, size)[0], 0, 1),
         atol=2e-3)
+    # refine_steps: more steps on the pixels, from the subspace's image, leave the subspace
+    refined = rendering.render_items(ctx, [gen_targets.Item(0, names, indices, 0, "mean", "joint", "invert", settings.replace(
+        {"refine_steps": 2, "lr": 0.05}), 1.0)], verbose=False)["images"]
+    projection = image_prior.coefficient_image(
+        ctx.store.image_prior, image_prior.coefficients(ctx.store.image_prior, refined), size, size)
+    assert np.abs(refined - projection).max() > 1e-3
+    with pytest.raises(gen_settings.GenerateError, match="refine_steps must be >= 0"):
+        settings.replace({"refine_steps": -1})
     with pytest.raises(gen_settings.GenerateError, match="prior='conditional' is a prior on param='pca'"):
         settings.replace({"param": "fft", "prior_weight": 0.0})
     with pytest.raises(gen_settings.GenerateError, match="prior='bogus'; valid: global, conditional"):

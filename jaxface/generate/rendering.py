@@ -83,6 +83,10 @@ def render_items(ctx: Context, items: Sequence[Item], *, verbose: bool = True, l
         try:
             if method == "invert":
                 result = render.invert(ctx.clf.feature_model, jnp.asarray(t), **kwargs, **extra)
+                if settings.refine_steps:
+                    result = render.invert(ctx.clf.feature_model, jnp.asarray(t), **{
+                        **kwargs, "param": "pixels", "pixel_mode": "sigmoid", "image_prior": None, "prior_weight": 0.0,
+                        "init_image": result.images, "noise_std": 0.0, "steps": settings.refine_steps})
             elif extra:
                 raise GenerateError("prior='conditional' is a prior for method 'invert'; classvis takes 'global'")
             else:

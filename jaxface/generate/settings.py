@@ -46,6 +46,9 @@ class Settings:
     # param='pca': 'global' (every training face) or 'conditional' (the faces with the requested
     # attributes: the prior's Gaussian given the attribute vector is the start and the penalty's centre)
     prior: str = "global"
+    # After the inversion, this many more steps on the pixels themselves, from its result and with the
+    # same target (for param='pca': detail outside the prior's subspace); 0: none.
+    refine_steps: int = 0
     head_mode: str = "log_prob"
     loop: str = "auto"
     chunk: int = 0
@@ -96,6 +99,8 @@ class Settings:
         if self.prior == "conditional" and self.param != "pca":
             raise GenerateError(f"{where}: prior='conditional' is a prior on param='pca' coefficients; "
                                 f"param={self.param!r} has none")
+        if self.refine_steps < 0:
+            raise GenerateError(f"{where}: refine_steps must be >= 0, got {self.refine_steps}")
         if self.max_batch < 1:
             raise GenerateError(f"{where}: max_batch must be at least 1, got {self.max_batch}")
         if self.noise_std < 0:
