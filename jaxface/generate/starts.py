@@ -1,7 +1,8 @@
 """Where an inversion starts and what holds it there, per item: the attribute-conditional image prior
 (`invert.prior='conditional'`: the prior's Gaussian given the requested attributes is both the start and
-the centre of the coefficient penalty) and real exemplars (`invert.init='exemplar'`: editing a real face
-that carries the requested attributes towards the target, rather than generating one)."""
+the centre of the coefficient penalty) and real exemplars (`--mode=edit`, or `invert.init='exemplar'` for
+a start only: editing a real face that carries the requested attributes towards the target, rather than
+generating one)."""
 from __future__ import annotations
 
 import sys
