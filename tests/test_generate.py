@@ -371,3 +371,4 @@ def test_the_conditional_prior_starts_from_its_mean_for_the_request_and_refuses_
         starts.conditional_prior(ctx, items)
     with pytest.raises(gen_settings.GenerateError, match="unknown mode 'edits'; valid: mean, sample, edit"):
         gen.generate_command(workdir, attributes="Male", num=1, mode="edits", verbose=False)
+

@@ -138,3 +138,16 @@ def test_compare_file_mistakes_are_one_clear_error(tmp_path, spec, message):
         compare.read_compare(path)
     with pytest.raises(GenerateError, match="cannot read"):
         compare.read_compare(tmp_path / "missing.json")
+
+
+def test_the_multilayer_targets_experiment_scores_both_variants(cgmm_workdir, judge_dir):
+    """The protocol of jaxface.experiments.multilayer_targets, tiny: one set, two seeds, conv3_3 beside
+    the fitted layer, each variant scored by the judge."""
+    from jaxface.experiments import multilayer_targets
+
+    workdir = cgmm_workdir[0]
+    rows = multilayer_targets.run(workdir, judge_dir, sets=("Male",), seeds=(0, 1), modes=("sample",), num_fit=64)
+    assert [r["layers"] for r in rows] == [["conv5_3"], ["conv3_3", "conv5_3"]]
+    assert all(0.0 <= r["judge_hit_rate"] <= 1.0 for r in rows)
+    with pytest.raises(GenerateError, match="--layers"):
+        multilayer_targets.run(workdir, judge_dir, mid_layer="conv9_9", sets=("Male",), seeds=(0,), num_fit=8)

@@ -21,7 +21,7 @@ from jaxface.invert import render
 
 
 @dataclasses.dataclass(frozen=True)
-class _Pick:
+class Pick:
     """outputs[key] (hashable, so objectives built alike share compiled programs)."""
 
     key: str
@@ -54,7 +54,7 @@ def resolve_layers(ctx: Context, layers) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _layers_model(ctx: Context, layers: tuple[str, ...]):
+def layers_model(ctx: Context, layers: tuple[str, ...]):
     """(apply_fn, state) images -> {layer: (B, D_layer)}, cached so repeated calls reuse compilations."""
     models = ctx.clf.layer_models
     if layers not in models:
@@ -83,12 +83,12 @@ def reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose, layer
     if steps is not None:
         settings = settings.replace({"steps": steps}, "--steps")
     true_feats, true_probs, true_detected = classify_images(ctx.clf, image[None])
-    model = _layers_model(ctx, layers)
+    model = layers_model(ctx, layers)
     true_layers = jax.tree.map(np.asarray, jax.jit(model[0])(model[1], jnp.asarray(image[None])))
     objective = obj_lib.Objective(())
     for layer in layers:
         objective = objective + (1.0 / len(layers)) * obj_lib.feature_match(
-            layer, select=_Pick(layer), name=f"feature_{layer}")
+            layer, select=Pick(layer), name=f"feature_{layer}")
     objective = objective + obj_lib.regularizers(settings.tv_weight, settings.l2_weight, settings.range_weight)
     images, objective_values, layer_errors = [], [], []
     for start in range(0, len(seeds), settings.max_batch):
