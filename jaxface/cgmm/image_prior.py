@@ -100,6 +100,4 @@ def fit_conditional_prior(prior: ImagePrior, images: Any, attributes: Any, attri
     if attributes.ndim != 2 or len(attributes) != len(images):
         raise ImagePriorError(f"need one attribute vector per image, got {attributes.shape} for {len(images)} images")
     coefs = coefficients(prior, images)
-    acc = joint_lib.JointStats(attributes.shape[1], coefs.shape[1])
-    state = acc.update(acc.init(), coefs, attributes, attribute_mask)
-    return acc.finalize(state, lam=lam)
+    return joint_lib.fit_joint([(coefs, attributes, attribute_mask)], attributes.shape[1], coefs.shape[1], lam=lam)

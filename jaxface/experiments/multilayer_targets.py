@@ -29,7 +29,6 @@ from jaxface.generate import judge as judge_lib
 from jaxface.generate import reconstruct, rendering
 from jaxface.generate import targets as gen_targets
 from jaxface.generate.settings import settings_from_config
-from jaxface.invert import objectives as obj_lib
 from jaxface.invert import render
 
 DEV_SETS = ("Male", "Smiling", "Eyeglasses", "Male, Black Hair, Smiling")
@@ -46,8 +45,7 @@ def fit_mid_layer(ctx, layer: str, num_fit: int, batch: int = 256):
     attributes = np.stack([r["attributes"] for r in records]).astype(np.float32)
     acts = np.concatenate([np.asarray(apply(model[1], jnp.asarray(images[i:i + batch]))[layer])
                            for i in range(0, len(images), batch)])
-    stats = joint_lib.JointStats(attributes.shape[1], acts.shape[1])
-    return stats.finalize(stats.update(stats.init(), acts, attributes)), acts.mean(axis=0)
+    return joint_lib.fit_joint([(acts, attributes)], attributes.shape[1], acts.shape[1]), acts.mean(axis=0)
 
 
 def run(workdir, judge_workdir, *, mid_layer: str = "conv3_3", mid_strength: float | None = None,
@@ -77,11 +75,8 @@ def run(workdir, judge_workdir, *, mid_layer: str = "conv3_3", mid_strength: flo
                     mid = np.asarray(targets_lib.joint_targets(
                         jnp.asarray(mid_joint.coef), jnp.asarray(mid_joint.bias), jnp.asarray(mid_joint.resid_var),
                         jnp.asarray(vectors), keys, mode=mode))
-                    targets[mid_layer] = jnp.asarray(np.maximum(mid_mean + mid_strength * (mid - mid_mean), 0.0))
-                objective = obj_lib.Objective(())
-                for layer in used:
-                    objective = objective + (1.0 / len(used)) * obj_lib.feature_match(
-                        layer, select=reconstruct.Pick(layer), name=f"feature_{layer}")
+                    targets[mid_layer] = jnp.asarray(gen_targets.amplify(mid, mid_mean, mid_strength))
+                objective = reconstruct.layers_objective(used)
                 kwargs = rendering.render_kwargs(ctx, settings, list(seeds), None)
                 for k in ("tv_weight", "l2_weight", "range_weight"):
                     kwargs.pop(k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from jaxface.generate.output import GENERATE_DIR, check_name, slug
 from jaxface.generate.rendering import progress_printer, render_kwargs
 from jaxface.generate.settings import GenerateError, settings_from_config
 from jaxface.generate.targets import Context, seeds_for
+from jaxface.invert import objectives as obj_lib
 from jaxface.invert import render
 
 
@@ -62,11 +64,20 @@ def layers_model(ctx: Context, layers: tuple[str, ...]):
     return models[layers]
 
 
+def layers_objective(layers: Sequence[str]):
+    """The mean of the layers' normalised feature errors, one term `feature_<layer>` each, reading
+    targets[layer] and layers_model's outputs[layer]."""
+    objective = obj_lib.Objective(())
+    for layer in layers:
+        objective = objective + (1.0 / len(layers)) * obj_lib.feature_match(
+            layer, select=Pick(layer), name=f"feature_{layer}")
+    return objective
+
+
 def reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose, layers=None) -> dict:
     """Invert the true activations of a real image at `layers` (default: the fitted layer); with
     several layers the objective is the mean of their normalised feature errors."""
     from jaxface.data import imageio
-    from jaxface.invert import objectives as obj_lib
 
     layers = resolve_layers(ctx, layers)
     path = pathlib.Path(str(image_path))
@@ -85,11 +96,8 @@ def reconstruct(ctx: Context, image_path, num, steps, seed, name, verbose, layer
     true_feats, true_probs, true_detected = classify_images(ctx.clf, image[None])
     model = layers_model(ctx, layers)
     true_layers = jax.tree.map(np.asarray, jax.jit(model[0])(model[1], jnp.asarray(image[None])))
-    objective = obj_lib.Objective(())
-    for layer in layers:
-        objective = objective + (1.0 / len(layers)) * obj_lib.feature_match(
-            layer, select=Pick(layer), name=f"feature_{layer}")
-    objective = objective + obj_lib.regularizers(settings.tv_weight, settings.l2_weight, settings.range_weight)
+    objective = layers_objective(layers) + obj_lib.regularizers(
+        settings.tv_weight, settings.l2_weight, settings.range_weight)
     images, objective_values, layer_errors = [], [], []
     for start in range(0, len(seeds), settings.max_batch):
         chunk = seeds[start : start + settings.max_batch]

@@ -88,7 +88,8 @@ def render_items(ctx: Context, items: Sequence[Item], *, verbose: bool = True, l
                         **kwargs, "param": "pixels", "pixel_mode": "sigmoid", "image_prior": None, "prior_weight": 0.0,
                         "init_image": result.images, "noise_std": 0.0, "steps": settings.refine_steps})
             elif extra:
-                raise GenerateError("prior='conditional' is a prior for method 'invert'; classvis takes 'global'")
+                raise GenerateError("a per-item coefficient prior (prior='conditional', or mode 'edit' with "
+                                    "param='pca') is for method 'invert'; classvis takes prior 'global'")
             else:
                 schema = ctx.store.schema
                 heads = np.stack([head_targets(schema, i.indices) for i in chunk])
